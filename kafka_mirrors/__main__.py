@@ -1,0 +1,3 @@
+from kafka_mirrors.cli import main
+
+main()

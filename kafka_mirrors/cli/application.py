@@ -1,0 +1,77 @@
+"""The application object every command receives: the two consoles (data on stdout,
+diagnostics on stderr), the output format, the registry path, and `abort`.
+
+All terminal output goes through here; nothing outside `cli/` prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Iterable, NoReturn, Sequence
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from kafka_mirrors.errors import KafkaMirrorsError
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _console(stderr: bool) -> Console:
+    # Rich markup is off everywhere: topic names such as 'a[1]' must print as they are.
+    return Console(stderr=stderr, markup=False, highlight=False, emoji=False,
+                   soft_wrap=False, width=int(os.environ.get("COLUMNS", "0")) or None)
+
+
+@dataclass
+class Application:
+    registry_path: Path | None = None
+    out: Console = field(default_factory=lambda: _console(False))
+    err: Console = field(default_factory=lambda: _console(True))
+
+    # ---- diagnostics (stderr)
+    def info(self, message: str) -> None:
+        self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        self.err.print(f"warning: {message}")
+
+    def abort(self, message: str, code: int = 1, hint: str | None = None) -> NoReturn:
+        self.err.print(f"error: {message}" + (f"; {hint}" if hint else ""))
+        raise typer.Exit(code)
+
+    def fail(self, exc: KafkaMirrorsError) -> NoReturn:
+        self.abort(exc.message, exc.exit_code, exc.hint)
+
+    # ---- data (stdout)
+    def print(self, message: str = "") -> None:
+        self.out.print(Text(message))
+
+    def json(self, view: Any) -> None:
+        sys.stdout.write(json.dumps(view, sort_keys=True, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+
+    def table(self, columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str | None = None) -> None:
+        t = Table(title=title, box=None, pad_edge=False, header_style="bold", show_edge=False)
+        for c in columns:
+            t.add_column(c, overflow="fold")
+        for r in rows:
+            t.add_row(*(Text("-" if v is None else str(v)) for v in r))
+        self.out.print(t)
+
+    def render(self, fmt: OutputFormat, view: Any, text_renderer) -> None:
+        """Every read command builds a view (plain dicts/lists) and either serialises it
+        or hands it to its text renderer."""
+        if fmt == OutputFormat.json:
+            self.json(view)
+        else:
+            text_renderer(view)
