@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def local_kafka():
-    lk = LocalKafka(ROOT / "scripts" / "kafka-local", ROOT / ".cache" / "test-clusters")
+    # KAFKA_MIRRORS_TEST_STATE lets two test runs on one machine keep apart
+    state = os.environ.get("KAFKA_MIRRORS_TEST_STATE", str(ROOT / ".cache" / "test-clusters"))
+    lk = LocalKafka(ROOT / "scripts" / "kafka-local", Path(state))
     yield lk
     lk.down_all()
 

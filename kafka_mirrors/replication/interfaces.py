@@ -1,0 +1,118 @@
+"""The two small interfaces the per-partition copier talks to (DESIGN.md section 4).
+
+    source (read_committed) --fetch--> copier --plan--> sink (destination partition)
+
+Everything here is in Kafka's own words: log start offset, last stable offset (LSO),
+high watermark, log end offset (LEO). The destination partition's log end offset is the
+checkpoint: the next source offset to copy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One source record as a read_committed consumer sees it. Headers keep their order
+    and duplicates; key/value None stays None and b"" stays b""."""
+
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: int  # milliseconds since the epoch; written to the mirror as CreateTime
+    headers: Headers = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceOffsets:
+    log_start_offset: int
+    last_stable_offset: int
+    high_watermark: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResult:
+    """What one fetch returned. `records` are in offset order, all at or after the
+    position. `end_offset`, when set, says the fetch reached the end of what
+    read_committed can see (the last stable offset at that moment): there is no visible
+    record between the last returned record (or the position, if none) and end_offset."""
+
+    records: Sequence[Record]
+    end_offset: int | None = None
+
+
+class PartitionSource(Protocol):
+    def offsets(self) -> SourceOffsets:
+        """Fresh ListOffsets: log start offset, last stable offset, high watermark."""
+
+    def seek(self, offset: int) -> None:
+        """Next fetch starts at `offset` (clamped by Kafka to the log start offset)."""
+
+    def fetch(self, max_records: int, timeout: float) -> FetchResult:
+        """Up to max_records read_committed records from the position on; may return no
+        records (idle) within `timeout` seconds."""
+
+    def read_range(self, start: int, end: int) -> list[Record]:
+        """The read_committed records with start <= offset < end (for the tail check)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Confirmation:
+    """A delivery report: the source offset a write copies and the offset the destination
+    assigned (None with an error message when the write failed)."""
+
+    expected_offset: int
+    assigned_offset: int | None
+    error: str | None = None
+
+
+class PartitionSink(Protocol):
+    def log_end_offset(self) -> int:
+        """Fresh ListOffsets latest of the destination partition (counts markers)."""
+
+    def log_start_offset(self) -> int: ...
+
+    def produce(self, records: Sequence[Record]) -> None:
+        """Fast path: append through the idempotent (non-transactional) producer,
+        asynchronously. Each record is expected to land at record.offset."""
+
+    def confirmations(self) -> list[Confirmation]:
+        """Delivery reports that arrived since the last call (serves the poll loop)."""
+
+    def flush(self, timeout: float) -> list[Confirmation]:
+        """Wait until every produced record is confirmed; return the reports."""
+
+    def commit_one(self, record: Record) -> Confirmation:
+        """Write `record` alone in a transaction and commit it: its commit marker lands on
+        record.offset + 1. Returns once the destination log end offset shows the marker."""
+
+    def abort_fillers(self, first_offset: int, count: int) -> Confirmation:
+        """One transaction holding `count` filler records (first expected at
+        first_offset), in one produce batch, then abort it: the abort marker lands on
+        first_offset + count. Returns once the log end offset shows the marker. The
+        Confirmation is for the first filler."""
+
+    def fill(self, first_offset: int, count: int) -> Confirmation:
+        """`count` non-transactional filler records starting at first_offset (used before
+        delete_records_before, where they vanish). Waits for their delivery."""
+
+    def delete_records_before(self, offset: int) -> None:
+        """DeleteRecords: move the destination's log start offset to `offset`."""
+
+    def read_committed_range(self, start: int, end: int) -> list[Record]:
+        """The read_committed records on the destination with start <= offset < end."""
+
+
+@dataclass
+class PartitionProgress:
+    """What the copier reports after each step (for describe and the state store)."""
+
+    next_offset: int = 0  # next source offset to copy == destination log end offset
+    records_copied: int = 0
+    fillers_written: int = 0
+    offsets_lost_to_source_retention: int = 0
+    last_error: str | None = None
+    counters: dict[str, int] = field(default_factory=dict)
