@@ -1,0 +1,170 @@
+"""Topic admin helpers for mirrors: describe a topic (partitions and topic ID), read and
+write its configs, list per-partition offsets, create the mirror topic.
+
+Module-level functions over `kafka_mirrors.kafka.admin.Admin`: every future is awaited
+with the admin's timeout and Kafka errors become typed errors naming the cluster.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from confluent_kafka import IsolationLevel, KafkaError, KafkaException, TopicCollection, TopicPartition
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    ConfigSource,
+    NewTopic,
+    OffsetSpec,
+)
+
+from kafka_mirrors.errors import ConflictError, KafkaUnavailableError, NotFoundError
+from kafka_mirrors.kafka.admin import Admin, await_result, map_kafka_error
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    topic_id: str
+    partitions: int
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """One source partition's offsets, in Kafka's words."""
+
+    log_start_offset: int
+    last_stable_offset: int
+    high_watermark: int
+
+
+def _await(admin: Admin, future, what: str):
+    return await_result(future, what, admin.label, admin.timeout)
+
+
+def describe_topic(admin: Admin, name: str) -> TopicInfo:
+    """Partition count and topic ID; NotFoundError naming the topic when it is absent."""
+    futures = admin.client.describe_topics(TopicCollection([name]), request_timeout=admin.timeout)
+    try:
+        desc = _await(admin, futures[name], f"describing topic '{name}'")
+    except NotFoundError:
+        raise NotFoundError(f"topic '{name}' does not exist on {admin.label}") from None
+    return TopicInfo(name=name, topic_id=str(desc.topic_id), partitions=len(desc.partitions))
+
+
+def topic_exists(admin: Admin, name: str) -> bool:
+    try:
+        describe_topic(admin, name)
+        return True
+    except NotFoundError:
+        return False
+
+
+def describe_topic_configs(admin: Admin, name: str) -> dict[str, ConfigEntry]:
+    """Every config entry of the topic, with its source and read-only flag."""
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    futures = admin.client.describe_configs([resource], request_timeout=admin.timeout)
+    return dict(_await(admin, futures[resource], f"describing the configs of topic '{name}'"))
+
+
+def topic_overrides(admin: Admin, name: str) -> dict[str, str]:
+    """The configs set on the topic itself: not read-only, not inherited from the broker's
+    defaults, and not sensitive (their values are never returned)."""
+    out = {}
+    for key, entry in describe_topic_configs(admin, name).items():
+        if entry.is_read_only or entry.is_sensitive or entry.value is None:
+            continue
+        if int(entry.source) != ConfigSource.DYNAMIC_TOPIC_CONFIG.value:
+            continue
+        out[key] = entry.value
+    return out
+
+
+def alter_topic_configs(admin: Admin, name: str, configs: Mapping[str, str]) -> None:
+    """Set the given configs (incrementally: the topic's other settings stay)."""
+    if not configs:
+        return
+    entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()]
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
+    futures = admin.client.incremental_alter_configs([resource], request_timeout=admin.timeout)
+    _await(admin, futures[resource], f"altering the configs of topic '{name}'")
+
+
+def create_topic(admin: Admin, name: str, partitions: int, replication_factor: int = -1,
+                 config: Mapping[str, str] | None = None) -> None:
+    """Create a topic; replication_factor -1 takes the cluster's default.
+    ConflictError when it exists already."""
+    new = NewTopic(name, num_partitions=partitions, replication_factor=replication_factor,
+                   config=dict(config or {}))
+    futures = admin.client.create_topics([new], request_timeout=admin.timeout,
+                                         operation_timeout=admin.timeout)
+    try:
+        futures[name].result(timeout=admin.timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            raise ConflictError(f"topic '{name}' already exists on {admin.label}") from None
+        raise map_kafka_error(err, f"creating topic '{name}'", admin.label) from None
+    except concurrent.futures.TimeoutError:
+        raise KafkaUnavailableError(f"{admin.label} did not answer within {admin.timeout:g} s "
+                                    f"(creating topic '{name}')",
+                                    "check the bootstrap servers and that the cluster is up") from None
+
+
+_SPECS = {
+    "earliest": (OffsetSpec.earliest, IsolationLevel.READ_UNCOMMITTED),
+    "latest": (OffsetSpec.latest, IsolationLevel.READ_UNCOMMITTED),
+    # ListOffsets latest under read_committed answers the last stable offset
+    "last_stable": (OffsetSpec.latest, IsolationLevel.READ_COMMITTED),
+}
+
+
+_PASSING_CODES = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                  KafkaError.OFFSET_NOT_AVAILABLE}
+
+
+def _passing(err: KafkaError) -> bool:
+    return err.code() in _PASSING_CODES or err.retriable()
+
+
+def list_offsets(admin: Admin, topic: str, partitions: Iterable[int], which: str) -> dict[int, int]:
+    """Per-partition offsets: which = 'earliest' (log start offset), 'latest' (high
+    watermark / log end offset) or 'last_stable' (last stable offset)."""
+    spec, isolation = _SPECS[which]
+    what = f"listing {which} offsets of topic '{topic}'"
+    pending = set(partitions)
+    out: dict[int, int] = {}
+    deadline = time.monotonic() + admin.timeout
+    while pending:
+        request = {TopicPartition(topic, p): spec() for p in sorted(pending)}
+        futures = admin.client.list_offsets(request, isolation_level=isolation,
+                                            request_timeout=admin.timeout)
+        retry = False
+        for tp, fut in futures.items():
+            try:
+                out[tp.partition] = fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
+                pending.discard(tp.partition)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                # a topic created a moment ago has no leader yet: that passes, so wait
+                if isinstance(err, KafkaError) and _passing(err) and time.monotonic() < deadline:
+                    retry = True
+                    continue
+                raise map_kafka_error(err, what, admin.label) from None
+            except concurrent.futures.TimeoutError:
+                _await(admin, fut, what)  # raises the common "did not answer" error
+        if retry:
+            time.sleep(0.2)
+    return out
+
+
+def partition_offsets(admin: Admin, topic: str, partitions: Iterable[int]) -> dict[int, PartitionOffsets]:
+    """Log start offset, last stable offset and high watermark of each partition."""
+    parts = list(partitions)
+    start = list_offsets(admin, topic, parts, "earliest")
+    stable = list_offsets(admin, topic, parts, "last_stable")
+    high = list_offsets(admin, topic, parts, "latest")
+    return {p: PartitionOffsets(start[p], stable[p], high[p]) for p in parts}
