@@ -1,0 +1,55 @@
+"""`kafka-mirrors run --link NAME`: the long-running replication worker."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import typer
+
+from kafka_mirrors.cli.application import Application
+
+
+def run(
+    ctx: typer.Context,
+    link: str = typer.Option(..., "--link", "-l", help="The link whose ACTIVE mirrors to copy."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+) -> None:
+    """Copy every ACTIVE mirror of a link until SIGINT/SIGTERM.
+
+    Logs go to stderr, each line prefixed [link/topic-pN]. On SIGINT or SIGTERM in-flight
+    writes are finished and the worker exits 0.
+
+    \b
+    Examples:
+      kafka-mirrors run --link dr
+      kafka-mirrors run --link dr --log-level debug
+    """
+    app: Application = ctx.obj
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        app.abort(f"unknown log level '{log_level}'", 2, "use debug, info, warning or error")
+    from kafka_mirrors.registry import resolve_registry
+    from kafka_mirrors.worker import Worker
+
+    the_link = resolve_registry(app).get(link)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("kafka_mirrors")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        logging.getLogger("kafka_mirrors.worker").info("signal %d: finishing in-flight writes", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = Worker(the_link).run(stop)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    raise typer.Exit(code)

@@ -1,0 +1,458 @@
+"""confluent-kafka adapters behind the replication interfaces (replication/interfaces.py).
+
+    SourceFeed (one read_committed consumer for every source partition of a worker,
+        demultiplexed into per-partition buffers)  -> KafkaPartitionSource (one partition)
+    SinkProducers (one idempotent producer for the fast path, one transactional producer
+        per partition that shows gaps, created lazily) -> KafkaPartitionSink (one partition)
+
+The adapters are thin: they move bytes and report what Kafka said. Planning and checking
+stay in the replication core. Offsets are read with ListOffsets: earliest (log start
+offset), latest (high watermark; on the destination, its log end offset) and latest with
+read_committed (last stable offset).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from kafka_mirrors.errors import KafkaOperationError
+from kafka_mirrors.kafka.admin import await_result
+from kafka_mirrors.replication.interfaces import (
+    Confirmation,
+    FetchResult,
+    Record,
+    SourceOffsets,
+)
+
+log = logging.getLogger("kafka_mirrors.kafka")
+
+FILLER_HEADER = "kafka-mirrors.filler"
+# Fillers of a compacted mirror need a key (the broker refuses null keys there).
+FILLER_KEY = b"__kafka_mirrors_filler__"
+MARKER_WAIT_S = 30.0
+
+
+def _quiet(conf: Mapping[str, object]) -> dict:
+    c = dict(conf)
+    c.setdefault("log_level", 3)
+    return c
+
+
+# ---------------------------------------------------------------- offsets
+
+class OffsetReader:
+    """ListOffsets for one cluster."""
+
+    def __init__(self, admin: AdminClient, label: str, timeout: float = 15.0):
+        self.admin = admin
+        self.label = label
+        self.timeout = timeout
+
+    def offsets(self, tps: Sequence[tuple[str, int]], spec: OffsetSpec,
+                isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED) -> dict[tuple[str, int], int]:
+        req = {TopicPartition(t, p): spec for t, p in tps}
+        futures = self.admin.list_offsets(req, isolation_level=isolation, request_timeout=self.timeout)
+        out = {}
+        for tp, fut in futures.items():
+            out[(tp.topic, tp.partition)] = await_result(fut, f"list offsets of {tp.topic}-{tp.partition}",
+                                                         self.label, self.timeout).offset
+        return out
+
+    def log_start_offset(self, topic: str, partition: int) -> int:
+        return self.offsets([(topic, partition)], OffsetSpec.earliest())[(topic, partition)]
+
+    def log_end_offset(self, topic: str, partition: int) -> int:
+        return self.offsets([(topic, partition)], OffsetSpec.latest())[(topic, partition)]
+
+    def last_stable_offset(self, topic: str, partition: int) -> int:
+        return self.offsets([(topic, partition)], OffsetSpec.latest(),
+                            IsolationLevel.READ_COMMITTED)[(topic, partition)]
+
+    def all_offsets(self, topic: str, partition: int) -> SourceOffsets:
+        return SourceOffsets(
+            log_start_offset=self.log_start_offset(topic, partition),
+            last_stable_offset=self.last_stable_offset(topic, partition),
+            high_watermark=self.log_end_offset(topic, partition),
+        )
+
+
+def to_record(msg) -> Record:
+    headers = msg.headers()
+    return Record(
+        offset=msg.offset(),
+        key=msg.key(),
+        value=msg.value(),
+        timestamp=msg.timestamp()[1],
+        headers=tuple(headers) if headers else (),
+    )
+
+
+def read_range(conf: Mapping[str, object], topic: str, partition: int, start: int, end: int,
+               timeout: float = 30.0) -> list[Record]:
+    """The read_committed records with start <= offset < end, with a throwaway consumer."""
+    if end <= start:
+        return []
+    c = Consumer(_quiet({**conf, "group.id": f"kafka-mirrors-read-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False, "isolation.level": "read_committed",
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
+    out: list[Record] = []
+    try:
+        c.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in c.consume(500, 0.5):
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        return out
+                    raise KafkaException(m.error())
+                if m.offset() >= end:
+                    return out
+                out.append(to_record(m))
+        raise KafkaOperationError(f"reading {topic}-{partition} [{start}, {end}) did not finish in {timeout:g} s")
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------- source
+
+@dataclass
+class _Buffer:
+    records: collections.deque = field(default_factory=collections.deque)
+    end_offset: int | None = None  # the last PARTITION_EOF seen after the buffered records
+    paused: bool = False
+
+
+class SourceFeed:
+    """One read_committed consumer for all source partitions a worker copies.
+
+    Each partition's records are buffered until its copier asks; a partition whose buffer
+    is full is paused so one slow copier cannot make the process hoard memory. A
+    PARTITION_EOF event (enable.partition.eof) carries the offset at which read_committed
+    saw the end: it tells the copier what follows the record it holds back."""
+
+    MAX_BUFFERED = 20000
+
+    def __init__(self, conf: Mapping[str, object], label: str, batch: int = 5000):
+        self.label = label
+        self.batch = batch
+        self.conf = dict(conf)
+        self.consumer = Consumer(_quiet({
+            **conf,
+            "group.id": f"kafka-mirrors-feed-{uuid.uuid4().hex[:8]}",  # never committed
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+            "fetch.wait.max.ms": 100,
+        }))
+        self.buffers: dict[tuple[str, int], _Buffer] = {}
+
+    def add(self, topic: str, partition: int, offset: int) -> None:
+        key = (topic, partition)
+        self.buffers[key] = _Buffer()
+        self.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
+
+    def remove(self, topic: str, partition: int) -> None:
+        if self.buffers.pop((topic, partition), None) is not None:
+            self.consumer.incremental_unassign([TopicPartition(topic, partition)])
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        # re-assigning is the reliable way to move a partition that may not be fetching yet
+        self.remove(topic, partition)
+        self.add(topic, partition, offset)
+
+    def pump(self, timeout: float) -> int:
+        msgs = self.consumer.consume(self.batch, timeout)
+        buffers = self.buffers
+        for m in msgs:
+            key = (m.topic(), m.partition())
+            buf = buffers.get(key)
+            if buf is None:
+                continue
+            err = m.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    buf.end_offset = m.offset()
+                    continue
+                raise KafkaOperationError(f"{self.label}: fetch of {key[0]}-{key[1]} failed: {err.str()}")
+            buf.records.append(m)
+            buf.end_offset = None
+        for key, buf in buffers.items():
+            if not buf.paused and len(buf.records) >= self.MAX_BUFFERED:
+                self.consumer.pause([TopicPartition(*key)])
+                buf.paused = True
+        return len(msgs)
+
+    def take(self, topic: str, partition: int, max_records: int, timeout: float) -> FetchResult:
+        buf = self.buffers[(topic, partition)]
+        if not buf.records and buf.end_offset is None:
+            self.pump(timeout)
+        n = min(max_records, len(buf.records))
+        popleft = buf.records.popleft
+        recs = [to_record(popleft()) for _ in range(n)]
+        if buf.paused and len(buf.records) < self.MAX_BUFFERED // 2:
+            self.consumer.resume([TopicPartition(topic, partition)])
+            buf.paused = False
+        end = buf.end_offset if not buf.records else None
+        return FetchResult(recs, end)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaPartitionSource:
+    def __init__(self, feed: SourceFeed, offsets: OffsetReader, topic: str, partition: int):
+        self.feed = feed
+        self.offset_reader = offsets
+        self.topic = topic
+        self.partition = partition
+
+    def offsets(self) -> SourceOffsets:
+        return self.offset_reader.all_offsets(self.topic, self.partition)
+
+    def seek(self, offset: int) -> None:
+        self.feed.seek(self.topic, self.partition, offset)
+
+    def fetch(self, max_records: int, timeout: float) -> FetchResult:
+        return self.feed.take(self.topic, self.partition, max_records, timeout)
+
+    def read_range(self, start: int, end: int) -> list[Record]:
+        return read_range(self.feed.conf, self.topic, self.partition, start, end)
+
+
+# ---------------------------------------------------------------- sink
+
+class SinkProducers:
+    """The destination-side producers of one worker.
+
+    The fast path shares one idempotent producer (acks=all, ordered, bounded in-flight)
+    across partitions; delivery reports are matched to the source offsets they copy in
+    order, per partition (an idempotent producer keeps per-partition order). A
+    transactional producer, with a transactional.id derived from link, topic and
+    partition, is made only for a partition that shows a gap, so a second copier of the
+    same partition fences the first."""
+
+    def __init__(self, conf: Mapping[str, object], link: str, label: str,
+                 delivery_timeout_ms: int = 30000):
+        self.conf = dict(conf)
+        self.link = link
+        self.label = label
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.pending: dict[tuple[str, int], collections.deque] = collections.defaultdict(collections.deque)
+        self.confirmed: dict[tuple[str, int], list[Confirmation]] = collections.defaultdict(list)
+        self.producer = Producer(_quiet({
+            **conf,
+            "enable.idempotence": True,
+            "acks": "all",
+            "max.in.flight.requests.per.connection": 5,
+            "linger.ms": 10,
+            "batch.size": 1024 * 1024,
+            "batch.num.messages": 10000,
+            "queue.buffering.max.messages": 200000,
+            "queue.buffering.max.kbytes": 512 * 1024,
+            "message.max.bytes": 8 * 1024 * 1024,
+            "compression.type": "none",
+            "delivery.timeout.ms": delivery_timeout_ms,
+        }))
+        self.transactional: dict[tuple[str, int], Producer] = {}
+
+    def _on_delivery(self, err, msg) -> None:
+        key = (msg.topic(), msg.partition())
+        expected = self.pending[key].popleft()
+        if err is not None:
+            self.confirmed[key].append(Confirmation(expected, None, err.str()))
+        else:
+            self.confirmed[key].append(Confirmation(expected, msg.offset()))
+
+    def produce(self, topic: str, partition: int, records: Sequence[Record]) -> None:
+        pending = self.pending[(topic, partition)]
+        produce = self.producer.produce
+        cb = self._on_delivery
+        for r in records:
+            pending.append(r.offset)
+            while True:
+                try:
+                    produce(topic, r.value, r.key, partition=partition, timestamp=r.timestamp,
+                            headers=list(r.headers) if r.headers else None, on_delivery=cb)
+                    break
+                except BufferError:
+                    # local queue full: serve delivery reports, then try again
+                    self.producer.poll(0.05)
+        self.producer.poll(0)
+
+    def take_confirmations(self, topic: str, partition: int) -> list[Confirmation]:
+        self.producer.poll(0)
+        out = self.confirmed.pop((topic, partition), None)
+        return out or []
+
+    def flush(self, topic: str, partition: int, timeout: float) -> list[Confirmation]:
+        deadline = time.monotonic() + timeout
+        while self.pending[(topic, partition)] and time.monotonic() < deadline:
+            self.producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        if self.pending[(topic, partition)]:
+            raise KafkaOperationError(
+                f"{self.label}: {len(self.pending[(topic, partition)])} writes to {topic}-{partition} "
+                f"not confirmed within {timeout:g} s")
+        return self.take_confirmations(topic, partition)
+
+    def transactional_id(self, topic: str, partition: int) -> str:
+        return f"kafka-mirrors/{self.link}/{topic}/{partition}"
+
+    def txn_producer(self, topic: str, partition: int) -> Producer:
+        key = (topic, partition)
+        p = self.transactional.get(key)
+        if p is None:
+            p = Producer(_quiet({
+                **self.conf,
+                "transactional.id": self.transactional_id(topic, partition),
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 50,
+                "batch.size": 16 * 1024 * 1024,
+                "batch.num.messages": 1000000,
+                "message.max.bytes": 8 * 1024 * 1024,
+                "transaction.timeout.ms": 15000,
+                "delivery.timeout.ms": self.delivery_timeout_ms,
+            }))
+            # fences an older copier of this partition and aborts what it left open
+            p.init_transactions(30)
+            self.transactional[key] = p
+        return p
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.producer.flush(timeout)
+        for p in self.transactional.values():
+            p.flush(timeout)
+        self.transactional.clear()
+
+
+class KafkaPartitionSink:
+    def __init__(self, producers: SinkProducers, offsets: OffsetReader, admin: AdminClient,
+                 dest_conf: Mapping[str, object], topic: str, partition: int, compacted: bool):
+        self.producers = producers
+        self.offset_reader = offsets
+        self.admin = admin
+        self.dest_conf = dict(dest_conf)
+        self.topic = topic
+        self.partition = partition
+        self.filler_key = FILLER_KEY if compacted else None
+
+    # -- offsets
+    def log_end_offset(self) -> int:
+        return self.offset_reader.log_end_offset(self.topic, self.partition)
+
+    def log_start_offset(self) -> int:
+        return self.offset_reader.log_start_offset(self.topic, self.partition)
+
+    def last_stable_offset(self) -> int:
+        return self.offset_reader.last_stable_offset(self.topic, self.partition)
+
+    def close_open_transaction(self, timeout: float = MARKER_WAIT_S) -> None:
+        """On start: if the destination shows an open transaction (last stable offset
+        below the log end offset), it may be ours, left by a crash. Initialising our
+        transactional producer fences that copier and aborts it; then wait for the marker,
+        so the checkpoint read next is final."""
+        if self.last_stable_offset() >= self.log_end_offset():
+            return
+        self.producers.txn_producer(self.topic, self.partition)
+        deadline = time.monotonic() + timeout
+        while self.last_stable_offset() < self.log_end_offset():
+            if time.monotonic() > deadline:
+                raise KafkaOperationError(
+                    f"{self.topic}-{self.partition} on the destination has a transaction open that is "
+                    f"not ours (last stable offset stays below the log end offset)")
+            time.sleep(0.05)
+
+    # -- fast path
+    def produce(self, records: Sequence[Record]) -> None:
+        self.producers.produce(self.topic, self.partition, records)
+
+    def confirmations(self) -> list[Confirmation]:
+        return self.producers.take_confirmations(self.topic, self.partition)
+
+    def flush(self, timeout: float) -> list[Confirmation]:
+        return self.producers.flush(self.topic, self.partition, timeout)
+
+    # -- gaps
+    def _wait_log_end(self, at_least: int, timeout: float = MARKER_WAIT_S) -> None:
+        # transaction markers are written asynchronously by the coordinator
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while self.log_end_offset() < at_least:
+            if time.monotonic() > deadline:
+                raise KafkaOperationError(f"{self.topic}-{self.partition}: transaction marker not visible "
+                                          f"at offset {at_least - 1} within {timeout:g} s")
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _txn_write(self, records: Sequence[Record], commit: bool) -> Confirmation:
+        p = self.producers.txn_producer(self.topic, self.partition)
+        results: list[Confirmation] = []
+        expected = collections.deque(r.offset for r in records)
+
+        def cb(err, msg):
+            e = expected.popleft()
+            results.append(Confirmation(e, None, err.str()) if err else Confirmation(e, msg.offset()))
+
+        p.begin_transaction()
+        for r in records:
+            p.produce(self.topic, r.value, r.key, partition=self.partition, timestamp=r.timestamp,
+                      headers=list(r.headers) if r.headers else None, on_delivery=cb)
+        # flush before ending: an abort would otherwise purge records never sent, and the
+        # marker would not land where the plan needs it
+        p.flush(30)
+        if commit:
+            p.commit_transaction(30)
+        else:
+            p.abort_transaction(30)
+        bad = [c for c in results if c.error or c.assigned_offset != c.expected_offset]
+        first = bad[0] if bad else (results[0] if results else Confirmation(records[0].offset, None, "no report"))
+        if not bad:
+            self._wait_log_end(records[-1].offset + 2)
+        return first
+
+    def commit_one(self, record: Record) -> Confirmation:
+        return self._txn_write([record], commit=True)
+
+    def _fillers(self, first_offset: int, count: int) -> list[Record]:
+        ts = int(time.time() * 1000)
+        header = ((FILLER_HEADER, b"1"),)
+        return [Record(first_offset + i, self.filler_key, None, ts, header) for i in range(count)]
+
+    def abort_fillers(self, first_offset: int, count: int) -> Confirmation:
+        return self._txn_write(self._fillers(first_offset, count), commit=False)
+
+    def fill(self, first_offset: int, count: int) -> Confirmation:
+        recs = self._fillers(first_offset, count)
+        self.produce(recs)
+        confs = self.flush(60)
+        bad = [c for c in confs if c.error or c.assigned_offset != c.expected_offset]
+        return bad[0] if bad else confs[0]
+
+    def delete_records_before(self, offset: int) -> None:
+        futs = self.admin.delete_records([TopicPartition(self.topic, self.partition, offset)],
+                                         request_timeout=30, operation_timeout=30)
+        for f in futs.values():
+            await_result(f, f"delete records of {self.topic}-{self.partition} before {offset}",
+                         "destination cluster", 30)
+
+    def read_committed_range(self, start: int, end: int) -> list[Record]:
+        return read_range(self.dest_conf, self.topic, self.partition, start, end)

@@ -1,0 +1,270 @@
+"""The replication worker (`kafka-mirrors run --link NAME`).
+
+    state store (destination) --follow--> Worker --step--> PartitionCopier per partition
+                                            |                 |            |
+                                            |           SourceFeed    SinkProducers
+                                            +--heartbeat/progress--> state store
+
+Copies every ACTIVE mirror of one link, partition by partition, and stops a mirror's
+partitions the moment its state leaves ACTIVE (the state store is followed continuously;
+the stop is acknowledged there). Follows the source: new partitions are added to the
+mirror and copied; a deleted or re-created source topic (new topic ID) fails the mirror.
+A PartitionFailed from the copier fails the whole mirror with the partition and offset.
+
+One worker per link for now; several workers sharing partitions through Kafka's group
+protocol is future work (DESIGN.md section 2).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from kafka_mirrors import state as st
+from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError
+from kafka_mirrors.kafka.admin import Admin
+from kafka_mirrors.kafka.partition import (
+    KafkaPartitionSink,
+    KafkaPartitionSource,
+    OffsetReader,
+    SinkProducers,
+    SourceFeed,
+)
+from kafka_mirrors.kafka import topics as kt
+from kafka_mirrors.replication.copier import PartitionCopier, PartitionFailed
+
+log = logging.getLogger("kafka_mirrors.worker")
+
+HEARTBEAT_S = 2.0
+METADATA_S = 5.0
+STOP_FLUSH_S = 30.0
+
+
+@dataclass
+class MirrorTask:
+    record: st.MirrorRecord
+    compacted: bool
+    copiers: dict[int, PartitionCopier] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(self, link, *, worker_id: str | None = None, delivery_timeout_ms: int = 30000):
+        self.link = link
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        timeout = float(link.option("request.timeout.s"))
+        self.timeout = timeout
+        self.src_conf = link.source.client_config()
+        self.dst_conf = link.destination.client_config()
+        self.src_admin = Admin(self.src_conf, f"source cluster {link.source.bootstrap}", timeout)
+        self.dst_admin = Admin(self.dst_conf, f"destination cluster {link.destination.bootstrap}", timeout)
+        self.store = st.StateStore(self.dst_conf, link.name, timeout)
+        self.tasks: dict[str, MirrorTask] = {}
+        self.feed: SourceFeed | None = None
+        self.producers: SinkProducers | None = None
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.src_offsets = OffsetReader(self.src_admin.client, self.src_admin.label, timeout)
+        self.dst_offsets = OffsetReader(self.dst_admin.client, self.dst_admin.label, timeout)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> int:
+        self.store.ensure_topic()
+        self.feed = SourceFeed(self.src_conf, f"[{self.link.name}]")
+        self.producers = SinkProducers(self.dst_conf, self.link.name, f"[{self.link.name}]",
+                                       self.delivery_timeout_ms)
+        snap = self.store.snapshot()
+        follower = self.store.follow(snap.end_offset)
+        log.info("[%s] worker %s started; %d mirror(s) on the link", self.link.name, self.worker_id,
+                 len(snap.mirrors))
+        for rec in snap.mirrors.values():
+            self._reconcile(rec)
+        next_beat = 0.0
+        next_meta = time.monotonic() + METADATA_S
+        try:
+            while not stop.is_set():
+                for key, value in follower.poll(0):
+                    if key.startswith("mirror/") and value is not None:
+                        self._reconcile(st.MirrorRecord.from_json(value))
+                progressed = self._step_all()
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._heartbeat()
+                    next_beat = now + HEARTBEAT_S
+                if now >= next_meta:
+                    self._follow_source_metadata()
+                    next_meta = now + METADATA_S
+                if not progressed:
+                    # nothing to do anywhere: wait for the source instead of spinning
+                    if self.feed.buffers:
+                        self.feed.pump(0.2)
+                    else:
+                        stop.wait(0.5)
+        finally:
+            for topic in list(self.tasks):
+                self._stop_task(topic, "worker shutting down", ack=False)
+            self._heartbeat(final=True)
+            follower.close()
+            self.feed.close()
+            self.producers.close()
+            self.store.close()
+            log.info("[%s] worker %s stopped", self.link.name, self.worker_id)
+        return 0
+
+    # ------------------------------------------------------------ mirrors
+
+    def _reconcile(self, rec: st.MirrorRecord) -> None:
+        running = rec.topic in self.tasks
+        if rec.state == st.ACTIVE and not running:
+            try:
+                self._start_task(rec)
+            except PartitionFailed as exc:
+                self._fail(rec.topic, exc.partition if hasattr(exc, "partition") else None, exc)
+            except KafkaMirrorsError as exc:
+                log.error("[%s/%s] cannot start: %s", self.link.name, rec.topic, exc)
+                self._fail(rec.topic, None, exc)
+        elif rec.state != st.ACTIVE and running:
+            self._stop_task(rec.topic, f"state is now {rec.state}", ack=True)
+        elif running:
+            self.tasks[rec.topic].record = rec
+
+    def _start_task(self, rec: st.MirrorRecord) -> None:
+        try:
+            info = kt.describe_topic(self.src_admin, rec.source_topic)
+        except NotFoundError:
+            raise KafkaMirrorsError(f"source topic '{rec.source_topic}' no longer exists") from None
+        if rec.source_topic_id and info.topic_id != rec.source_topic_id:
+            raise KafkaMirrorsError(
+                f"source topic '{rec.source_topic}' was re-created (topic ID {info.topic_id}, "
+                f"mirror made from {rec.source_topic_id})")
+        configs = kt.topic_overrides(self.dst_admin, rec.topic)
+        compacted = "compact" in configs.get("cleanup.policy", "")
+        task = MirrorTask(rec, compacted)
+        self.tasks[rec.topic] = task
+        dst_parts = kt.describe_topic(self.dst_admin, rec.topic).partitions
+        if info.partitions > dst_parts:
+            self._add_destination_partitions(rec.topic, info.partitions)
+        for p in range(info.partitions):
+            self._start_partition(task, p)
+        log.info("[%s/%s] copying %d partition(s) from '%s'", self.link.name, rec.topic,
+                 info.partitions, rec.source_topic)
+
+    def _start_partition(self, task: MirrorTask, p: int) -> None:
+        rec = task.record
+        label = f"{self.link.name}/{rec.topic}-p{p}"
+        source = KafkaPartitionSource(self.feed, self.src_offsets, rec.source_topic, p)
+        sink = KafkaPartitionSink(self.producers, self.dst_offsets, self.dst_admin.client, self.dst_conf,
+                                  rec.topic, p, task.compacted)
+        sink.close_open_transaction()
+        copier = PartitionCopier(source, sink, label=label, logger=logging.getLogger(f"kafka_mirrors.copy"))
+        task.copiers[p] = copier
+        try:
+            copier.start()
+        except PartitionFailed as exc:
+            exc.partition = p
+            raise
+
+    def _add_destination_partitions(self, topic: str, count: int) -> None:
+        from confluent_kafka.admin import NewPartitions
+        futs = self.dst_admin.client.create_partitions([NewPartitions(topic, count)],
+                                                       request_timeout=self.timeout)
+        from kafka_mirrors.kafka.admin import await_result
+        await_result(futs[topic], f"adding partitions to '{topic}'", self.dst_admin.label, self.timeout)
+        log.info("[%s/%s] destination now has %d partitions", self.link.name, topic, count)
+
+    def _stop_task(self, topic: str, why: str, ack: bool) -> None:
+        task = self.tasks.pop(topic, None)
+        if task is None:
+            return
+        for p, copier in task.copiers.items():
+            try:
+                copier.stop(STOP_FLUSH_S)
+            except KafkaMirrorsError as exc:
+                log.error("[%s/%s-p%d] stop: %s", self.link.name, topic, p, exc)
+            self.feed.remove(task.record.source_topic, p)
+            self._put_progress(topic, p, copier)
+        log.info("[%s/%s] stopped copying: %s", self.link.name, topic, why)
+        if ack:
+            self.store.ack(topic, self.worker_id, "stopped")
+
+    def _fail(self, topic: str, partition: int | None, exc: Exception) -> None:
+        offset = getattr(exc, "offset", None)
+        msg = str(exc)
+        log.error("[%s/%s%s] FAILED: %s", self.link.name, topic,
+                  f"-p{partition}" if partition is not None else "", msg)
+        self._stop_task(topic, "failed", ack=False)
+        self.store.set_state(topic, st.FAILED, reason=msg,
+                             failed={"partition": partition, "offset": offset, "message": msg})
+
+    # ------------------------------------------------------------ copying
+
+    def _step_all(self) -> bool:
+        progressed = False
+        for topic, task in list(self.tasks.items()):
+            for p, copier in list(task.copiers.items()):
+                before = copier.progress.next_offset
+                try:
+                    copier.step(0.0)
+                except PartitionFailed as exc:
+                    self._fail(topic, p, exc)
+                    break
+                if copier.progress.next_offset != before:
+                    progressed = True
+        return progressed
+
+    def _follow_source_metadata(self) -> None:
+        for topic, task in list(self.tasks.items()):
+            rec = task.record
+            try:
+                info = kt.describe_topic(self.src_admin, rec.source_topic)
+            except NotFoundError:
+                self._fail(topic, None, KafkaMirrorsError(f"source topic '{rec.source_topic}' was deleted"))
+                continue
+            except KafkaMirrorsError as exc:
+                log.warning("[%s/%s] source metadata: %s", self.link.name, topic, exc)
+                continue
+            if rec.source_topic_id and info.topic_id != rec.source_topic_id:
+                self._fail(topic, None, KafkaMirrorsError(
+                    f"source topic '{rec.source_topic}' was re-created (new topic ID {info.topic_id})"))
+                continue
+            if info.partitions > len(task.copiers):
+                self._add_destination_partitions(topic, info.partitions)
+                for p in range(len(task.copiers), info.partitions):
+                    try:
+                        self._start_partition(task, p)
+                    except PartitionFailed as exc:
+                        self._fail(topic, p, exc)
+                        break
+                log.info("[%s/%s] source grew to %d partitions", self.link.name, topic, info.partitions)
+
+    # ------------------------------------------------------------ reporting
+
+    def _put_progress(self, topic: str, p: int, copier: PartitionCopier) -> None:
+        pr = copier.progress
+        self.store.put_progress(topic, p, {
+            "next_offset": pr.next_offset,
+            "records_copied": pr.records_copied,
+            "fillers_written": pr.fillers_written,
+            "offsets_lost_to_source_retention": pr.offsets_lost_to_source_retention,
+            "worker_id": self.worker_id,
+            "updated_at": time.time(),
+        })
+
+    def _heartbeat(self, final: bool = False) -> None:
+        try:
+            for topic, task in self.tasks.items():
+                for p, copier in task.copiers.items():
+                    self._put_progress(topic, p, copier)
+            if final:
+                self.store.remove_worker(self.worker_id)
+            else:
+                self.store.heartbeat(self.worker_id, {
+                    "worker_id": self.worker_id, "host": socket.gethostname(), "pid": os.getpid(),
+                    "heartbeat_at": time.time(),
+                    "partitions": sorted(f"{t}-{p}" for t, task in self.tasks.items() for p in task.copiers),
+                })
+        except KafkaMirrorsError as exc:
+            log.warning("[%s] heartbeat not written: %s", self.link.name, exc)
