@@ -75,6 +75,11 @@ def _register() -> None:
 
     app.add_typer(link.app, name="link")
 
+    from kafka_mirrors.cli import describe, mirror
+
+    app.add_typer(mirror.app, name="mirror")
+    app.command("describe")(describe.describe)
+
 
 _register()
 

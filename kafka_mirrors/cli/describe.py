@@ -1,0 +1,83 @@
+"""`kafka-mirrors describe`: every mirror of every link (or of one link) with its offsets
+on both clusters, derived lag, fillers, offsets lost, state and worker heartbeat; with
+`--check`, exit 1 when a mirror is FAILED or lags more than --max-lag (CI smoke checks).
+
+The text renderer and the check here are shared with `mirror describe`."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from kafka_mirrors.cli.application import Application, OutputFormat
+
+
+def render_text(app: Application, view: dict) -> None:
+    for link in view["links"]:
+        where = "source reachable" if link["source_available"] else f"SOURCE_UNAVAILABLE: {link['source_error']}"
+        app.print(f"link {link['link']} ({where})")
+        if not link["mirrors"]:
+            app.print("  no mirrors; run 'kafka-mirrors mirror create TOPIC --link " + link["link"] + "'")
+        for m in link["mirrors"]:
+            lag = "unknown" if m["lag"] is None else str(m["lag"])
+            app.print(f"mirror {m['topic']} (source topic {m['source_topic']}): {m['status']}, lag {lag}, "
+                      f"fillers {m['fillers_written']}, offsets lost to source retention "
+                      f"{m['offsets_lost_to_source_retention']}; {m['worker']['status']}")
+            if m["reason"]:
+                app.print(f"  reason: {m['reason']}")
+            if m["failed"]:
+                f = m["failed"]
+                app.print(f"  failed at partition {f.get('partition')} offset {f.get('offset')}: {f.get('message')}")
+            for err in (m["source_error"], m["destination_error"]):
+                if err and err != link["source_error"]:
+                    app.print(f"  {err}")
+            app.table(
+                ["PARTITION", "SOURCE LOG START", "SOURCE LAST STABLE", "SOURCE HIGH WATERMARK",
+                 "DESTINATION LOG END", "LAG", "FILLERS", "LOST"],
+                [[p["partition"], p["source_log_start_offset"], p["source_last_stable_offset"],
+                  p["source_high_watermark"], p["destination_log_end_offset"], p["lag"],
+                  p["fillers_written"], p["offsets_lost_to_source_retention"]] for p in m["partitions"]])
+
+
+def render_and_check(app: Application, view: dict, output: OutputFormat, check: bool, max_lag: int | None) -> None:
+    from kafka_mirrors.mirrors import health_problems
+    app.render(output, view, lambda v: render_text(app, v))
+    if check:
+        problems = health_problems(view, max_lag)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            app.abort(problems[0] + more, 1)
+
+
+def check_options(check: bool, max_lag: int | None) -> None:
+    from kafka_mirrors.errors import UsageError
+    if max_lag is not None and not check:
+        raise UsageError("--max-lag needs --check")
+    if max_lag is not None and max_lag < 0:
+        raise UsageError("--max-lag must be 0 or more")
+
+
+def describe(
+    ctx: typer.Context,
+    link: Optional[str] = typer.Option(None, "--link", "-l", help="Only this link [default: all links]."),
+    output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when a mirror is FAILED (or lags more than --max-lag)."),
+    max_lag: Optional[int] = typer.Option(None, "--max-lag", metavar="N",
+                                          help="With --check: exit 1 when a mirror's lag exceeds N records."),
+) -> None:
+    """Every mirror with its offsets on both clusters, lag, state and worker heartbeat.
+
+    Lag is the source's last stable offset minus the destination's log end offset.
+
+    \b
+    Examples:
+      kafka-mirrors describe
+      kafka-mirrors describe --link dr --output json
+      kafka-mirrors describe --check --max-lag 1000
+    """
+    from kafka_mirrors.mirrors import describe_view
+    from kafka_mirrors.registry import resolve_registry
+    app: Application = ctx.obj
+    check_options(check, max_lag)
+    view = describe_view(resolve_registry(app), link)
+    render_and_check(app, view, output, check, max_lag)

@@ -1,0 +1,104 @@
+"""`kafka-mirrors mirror ...`: create, list and describe the mirror topics of a link."""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.describe import check_options, render_and_check
+
+app = typer.Typer(help="Create, list and describe mirror topics.", no_args_is_help=True)
+
+
+@app.command("create")
+def create(
+    ctx: typer.Context,
+    topics: List[str] = typer.Argument(..., metavar="TOPIC...", help="Mirror name(s); the destination topic is "
+                                       "the link's mirror.topic.prefix + TOPIC."),
+    link: str = typer.Option(..., "--link", "-l", help="The link to mirror over."),
+    source_topic: Optional[str] = typer.Option(None, "--source-topic", metavar="SRC",
+                                               help="Source topic [default: TOPIC]; only with one TOPIC."),
+    config: List[str] = typer.Option([], "--config", "-c", metavar="KEY=VALUE",
+                                     help="Topic config for the mirror topic, over the source's (repeatable)."),
+) -> None:
+    """Create mirror topics on the destination with the source's partitions and configs,
+    and record them ACTIVE; `kafka-mirrors run --link NAME` then copies them.
+
+    Refuses (and changes nothing) when a source topic is missing or a destination
+    topic of that name holds records.
+
+    \b
+    Examples:
+      kafka-mirrors mirror create orders --link dr
+      kafka-mirrors mirror create orders payments --link dr --config retention.ms=604800000
+      kafka-mirrors mirror create orders-copy --source-topic orders --link dr
+    """
+    from kafka_mirrors.mirrors import create_mirrors
+    from kafka_mirrors.registry import resolve_registry
+    app_: Application = ctx.obj
+    records = create_mirrors(resolve_registry(app_).get(link), topics, source_topic, config)
+    for rec in records:
+        app_.print(f"created mirror {rec.topic} <- {rec.source_topic} on link {rec.link} "
+                   f"({rec.partitions} partitions, {rec.state})")
+
+
+@app.command("list")
+def list_(
+    ctx: typer.Context,
+    link: Optional[str] = typer.Option(None, "--link", "-l", help="Only this link [default: all links]."),
+    state: Optional[str] = typer.Option(None, "--state", help="Only mirrors in this state (ACTIVE, PAUSED, "
+                                        "PENDING_STOPPED, STOPPED, FAILED)."),
+    output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
+) -> None:
+    """List mirror topics and their states, read from each link's destination cluster.
+
+    \b
+    Examples:
+      kafka-mirrors mirror list
+      kafka-mirrors mirror list --link dr --state FAILED --output json
+    """
+    from kafka_mirrors.mirrors import list_view
+    from kafka_mirrors.registry import resolve_registry
+    app_: Application = ctx.obj
+    view = list_view(resolve_registry(app_), link, state)
+
+    def text(v: dict) -> None:
+        if v["mirrors"]:
+            app_.table(["LINK", "TOPIC", "SOURCE TOPIC", "STATE", "PARTITIONS", "REASON"],
+                       [[m["link"], m["topic"], m["source_topic"], m["state"], m["partitions"], m["reason"]]
+                        for m in v["mirrors"]])
+        elif not v["errors"]:
+            app_.info("no mirrors; run 'kafka-mirrors mirror create TOPIC --link NAME'")
+
+    app_.render(output, view, text)
+    for e in view["errors"]:
+        app_.warn(f"link '{e['link']}': {e['error']}")
+    if view["errors"]:
+        raise typer.Exit(1)
+
+
+@app.command("describe")
+def describe(
+    ctx: typer.Context,
+    topic: str = typer.Argument(..., metavar="TOPIC", help="The mirror (destination topic or mirror name)."),
+    link: str = typer.Option(..., "--link", "-l", help="The mirror's link."),
+    output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
+    check: bool = typer.Option(False, "--check", help="Exit 1 when the mirror is FAILED (or lags more than --max-lag)."),
+    max_lag: Optional[int] = typer.Option(None, "--max-lag", metavar="N",
+                                          help="With --check: exit 1 when the lag exceeds N records."),
+) -> None:
+    """One mirror per partition: source log start offset, last stable offset and high
+    watermark, destination log end offset, lag, fillers, offsets lost, state, worker.
+
+    \b
+    Examples:
+      kafka-mirrors mirror describe orders --link dr
+      kafka-mirrors mirror describe orders --link dr --check --max-lag 0
+    """
+    from kafka_mirrors.mirrors import describe_view
+    from kafka_mirrors.registry import resolve_registry
+    app_: Application = ctx.obj
+    check_options(check, max_lag)
+    view = describe_view(resolve_registry(app_), link, topic)
+    render_and_check(app_, view, output, check, max_lag)

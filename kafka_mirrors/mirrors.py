@@ -1,0 +1,339 @@
+"""Mirror services: create mirror topics, and build the views `mirror list`, `mirror
+describe` and `describe` render, plus the health verdict of `--check`.
+
+The views are plain dicts and lists built by pure functions (`build_mirror_view`,
+`health_problems`) from what the clusters and the state store show, so they are unit
+tested without a broker. Lag is derived here, never stored:
+lag = source last stable offset − destination log end offset.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from kafka_mirrors.errors import (
+    ConflictError,
+    KafkaMirrorsError,
+    KafkaUnavailableError,
+    NotFoundError,
+    UsageError,
+)
+from kafka_mirrors.state import ACTIVE, FAILED, STATES, STOPPED, MirrorRecord, StateSnapshot, StateStore
+
+# A worker whose last heartbeat is older than this is reported as "not seen".
+WORKER_STALE_AFTER_S = 30.0
+
+# Mirror topics take their timestamps from the source records (DESIGN.md 4, invariant 1).
+FORCED_CONFIGS = {"message.timestamp.type": "CreateTime"}
+
+
+def _admins(link, timeout: float):
+    from kafka_mirrors.kafka.admin import Admin
+    src = link.source.client_config()
+    dst = link.destination.client_config()
+    return (Admin(src, f"source cluster {src.get('bootstrap.servers', '?')}", timeout),
+            Admin(dst, f"destination cluster {dst.get('bootstrap.servers', '?')}", timeout))
+
+
+def store_for(link, timeout: float) -> StateStore:
+    return StateStore(link.destination.client_config(), link.name, timeout)
+
+
+def parse_configs(pairs: Iterable[str]) -> dict[str, str]:
+    """--config KEY=VALUE pairs; a malformed one is a usage error."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--config '{pair}' is not KEY=VALUE", "e.g. --config retention.ms=86400000")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def resolve_mirror_name(snapshot: StateSnapshot, link, name: str) -> str:
+    """The mirror topic a user means by `name`: its destination name, or the name given
+    at `mirror create` (without the link's mirror.topic.prefix)."""
+    if name in snapshot.mirrors:
+        return name
+    prefixed = (link.option("mirror.topic.prefix") or "") + name
+    if prefixed in snapshot.mirrors:
+        return prefixed
+    raise NotFoundError(f"mirror '{name}' of link '{link.name}' not found",
+                        f"run 'kafka-mirrors mirror list --link {link.name}'")
+
+
+# ---------------------------------------------------------------- create
+
+@dataclass
+class MirrorPlan:
+    topic: str                 # mirror topic on the destination
+    source_topic: str
+    source_topic_id: str
+    partitions: int
+    configs: dict[str, str]
+    adopt: bool                # an empty destination topic exists already
+
+
+def plan_mirror(link, name: str, source_topic: str | None, overrides: dict[str, str],
+                src_admin, dst_admin, snapshot: StateSnapshot) -> MirrorPlan:
+    """Everything checked, nothing changed: raises on any reason to refuse."""
+    from kafka_mirrors.kafka import topics
+    source_topic = source_topic or name
+    mirror_topic = (link.option("mirror.topic.prefix") or "") + name
+    if mirror_topic in snapshot.mirrors:
+        rec = snapshot.mirrors[mirror_topic]
+        raise ConflictError(f"mirror '{mirror_topic}' of link '{link.name}' exists already ({rec.state})",
+                            f"run 'kafka-mirrors mirror describe {mirror_topic} --link {link.name}'")
+    try:
+        info = topics.describe_topic(src_admin, source_topic)
+    except NotFoundError:
+        raise NotFoundError(
+            f"source topic '{source_topic}' does not exist on the {src_admin.label} of link '{link.name}'",
+            f"list the source's topics with 'kafka-topics --bootstrap-server "
+            f"{src_admin.label.rsplit(' ', 1)[-1]} --list'") from None
+    configs = topics.topic_overrides(src_admin, source_topic)
+    configs.update(FORCED_CONFIGS)
+    configs.update(overrides)
+    adopt = False
+    try:
+        existing = topics.describe_topic(dst_admin, mirror_topic)
+    except NotFoundError:
+        existing = None
+    if existing is not None:
+        if existing.partitions != info.partitions:
+            raise ConflictError(
+                f"destination topic '{mirror_topic}' exists with {existing.partitions} partitions, "
+                f"the source topic '{source_topic}' has {info.partitions}",
+                f"delete it or choose another name with --source-topic")
+        ends = topics.list_offsets(dst_admin, mirror_topic, range(existing.partitions), "latest")
+        used = {p: o for p, o in sorted(ends.items()) if o > 0}
+        if used:
+            raise ConflictError(
+                f"destination topic '{mirror_topic}' is not empty (log end offsets {used}); a mirror "
+                f"must start empty to keep the source's offsets",
+                "delete the topic on the destination or mirror under another name")
+        adopt = True
+    return MirrorPlan(mirror_topic, source_topic, info.topic_id, info.partitions, configs, adopt)
+
+
+def create_mirrors(link, names: list[str], source_topic: str | None = None,
+                   config_pairs: Iterable[str] = (), timeout: float | None = None) -> list[MirrorRecord]:
+    """Check every requested mirror first (so a refusal changes nothing), then create the
+    destination topics and record the mirrors ACTIVE."""
+    from kafka_mirrors.kafka import topics
+    if source_topic and len(names) != 1:
+        raise UsageError("--source-topic needs exactly one TOPIC")
+    if len(set(names)) != len(names):
+        raise UsageError("a TOPIC is given twice")
+    overrides = parse_configs(config_pairs)
+    timeout = timeout or float(link.option("request.timeout.s"))
+    src_admin, dst_admin = _admins(link, timeout)
+    store = store_for(link, timeout)
+    snapshot = store.snapshot()
+    plans = [plan_mirror(link, n, source_topic, overrides, src_admin, dst_admin, snapshot) for n in names]
+    rf = int(link.option("replication.factor"))
+    out = []
+    for plan in plans:
+        if plan.adopt:
+            topics.alter_topic_configs(dst_admin, plan.topic, plan.configs)
+        else:
+            topics.create_topic(dst_admin, plan.topic, plan.partitions, rf, plan.configs)
+        rec = MirrorRecord(link=link.name, topic=plan.topic, source_topic=plan.source_topic, state=ACTIVE,
+                           source_topic_id=plan.source_topic_id, partitions=plan.partitions)
+        store.put_mirror(rec)
+        out.append(rec)
+    store.close()
+    return out
+
+
+def create_mirror(link, name: str, source_topic: str | None = None, config_pairs: Iterable[str] = (),
+                  timeout: float | None = None) -> MirrorRecord:
+    return create_mirrors(link, [name], source_topic, config_pairs, timeout)[0]
+
+
+# ---------------------------------------------------------------- list
+
+def _links(registry, link_name: str | None) -> list:
+    if link_name:
+        return [registry.get(link_name)]
+    links = registry.links()
+    return [links[n] for n in sorted(links)]
+
+
+def list_view(registry, link_name: str | None = None, state: str | None = None) -> dict:
+    """{"mirrors": [...], "errors": [{"link", "error"}]}: a link whose destination cannot
+    be read is reported in errors, the others still listed."""
+    if state is not None:
+        state = state.upper()
+        if state not in STATES:
+            raise UsageError(f"unknown state '{state}'", f"use one of {', '.join(STATES)}")
+    mirrors, errors = [], []
+    for link in _links(registry, link_name):
+        try:
+            snap = store_for(link, float(link.option("request.timeout.s"))).snapshot()
+        except KafkaMirrorsError as exc:
+            if link_name:
+                raise
+            errors.append({"link": link.name, "error": str(exc)})
+            continue
+        for topic, rec in sorted(snap.mirrors.items()):
+            if state and rec.state != state:
+                continue
+            mirrors.append({"link": link.name, "topic": topic, "source_topic": rec.source_topic,
+                            "state": rec.state, "reason": rec.reason, "partitions": rec.partitions,
+                            "created_at": rec.created_at, "updated_at": rec.updated_at})
+    return {"mirrors": mirrors, "errors": errors}
+
+
+# ---------------------------------------------------------------- describe
+
+def _worker_partitions(worker: dict) -> set[tuple[str, int]]:
+    out = set()
+    for p in worker.get("partitions") or []:
+        if isinstance(p, dict) and "topic" in p and "partition" in p:
+            out.add((p["topic"], int(p["partition"])))
+        elif isinstance(p, (list, tuple)) and len(p) == 2:
+            out.add((p[0], int(p[1])))
+    return out
+
+
+def worker_view(topic: str, workers: dict[str, dict], now: float,
+                stale_after: float = WORKER_STALE_AFTER_S) -> dict:
+    """The freshest heartbeat of the workers serving `topic` (those listing one of its
+    partitions, else any worker of the link) and the sentence describe prints."""
+    serving = {w: v for w, v in workers.items() if any(t == topic for t, _ in _worker_partitions(v))}
+    candidates = serving or workers
+    beats = [(float(v.get("heartbeat_at") or 0), w) for w, v in candidates.items()]
+    if not beats:
+        return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": None,
+                "status": "no worker has run"}
+    last, _ = max(beats)
+    ago = max(0, int(now - last))
+    status = f"no worker seen for {ago} s" if now - last > stale_after else f"last heartbeat {ago} s ago"
+    return {"worker_ids": sorted(candidates), "last_heartbeat_at": last,
+            "seconds_since_heartbeat": ago, "status": status}
+
+
+def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], workers: dict[str, dict],
+                      source_offsets: dict | None, destination_ends: dict[int, int] | None,
+                      now: float, source_error: str | None = None, destination_error: str | None = None,
+                      stale_after: float = WORKER_STALE_AFTER_S) -> dict:
+    """One mirror's describe view. `source_offsets` maps partition -> PartitionOffsets
+    (None when the source cannot be reached: status SOURCE_UNAVAILABLE, lag unknown);
+    `destination_ends` maps partition -> log end offset."""
+    partitions = []
+    # partitions the source added since the mirror was created show up too
+    known = set(range(rec.partitions)) | set(source_offsets or {}) | set(destination_ends or {})
+    for p in sorted(known):
+        src = (source_offsets or {}).get(p)
+        dst = (destination_ends or {}).get(p)
+        prog = progress.get((rec.topic, p)) or {}
+        lag = None
+        if src is not None and dst is not None:
+            lag = max(0, src.last_stable_offset - dst)
+        partitions.append({
+            "partition": p,
+            "source_log_start_offset": src.log_start_offset if src else None,
+            "source_last_stable_offset": src.last_stable_offset if src else None,
+            "source_high_watermark": src.high_watermark if src else None,
+            "destination_log_end_offset": dst,
+            "lag": lag,
+            "records_copied": prog.get("records_copied", 0),
+            "fillers_written": prog.get("fillers_written", 0),
+            "offsets_lost_to_source_retention": prog.get("offsets_lost_to_source_retention", 0),
+            "progress_updated_at": prog.get("updated_at"),
+        })
+    lags = [p["lag"] for p in partitions]
+    total_lag = None if (not partitions or any(x is None for x in lags)) else sum(lags)
+    status = rec.state
+    if source_offsets is None and rec.state != STOPPED:
+        # STOPPED mirrors no longer depend on the source, so its loss is no news for them
+        status = "SOURCE_UNAVAILABLE"
+    return {
+        "link": rec.link,
+        "topic": rec.topic,
+        "source_topic": rec.source_topic,
+        "source_topic_id": rec.source_topic_id,
+        "state": rec.state,
+        "status": status,
+        "reason": rec.reason,
+        "failed": rec.failed,
+        "stopped": rec.stopped,
+        "created_at": rec.created_at,
+        "updated_at": rec.updated_at,
+        "source_error": source_error,
+        "destination_error": destination_error,
+        "lag": total_lag,
+        "fillers_written": sum(p["fillers_written"] for p in partitions),
+        "offsets_lost_to_source_retention": sum(p["offsets_lost_to_source_retention"] for p in partitions),
+        "worker": worker_view(rec.topic, workers, now, stale_after),
+        "partitions": partitions,
+    }
+
+
+def _describe_link(link, topic: str | None, now: float) -> dict:
+    from kafka_mirrors.kafka import topics
+    timeout = float(link.option("request.timeout.s"))
+    src_admin, dst_admin = _admins(link, timeout)
+    snap = store_for(link, timeout).snapshot()
+    names = [resolve_mirror_name(snap, link, topic)] if topic else sorted(snap.mirrors)
+    source_error = None
+    mirrors = []
+    for name in names:
+        rec = snap.mirrors[name]
+        dst_error = None
+        try:
+            info = topics.describe_topic(dst_admin, name)
+            dst_ends = topics.list_offsets(dst_admin, name, range(info.partitions), "latest")
+        except NotFoundError:
+            dst_ends, dst_error = None, f"topic '{name}' does not exist on the {dst_admin.label}"
+        src_offsets = None
+        if source_error is None:
+            try:
+                src_info = topics.describe_topic(src_admin, rec.source_topic)
+                src_offsets = topics.partition_offsets(src_admin, rec.source_topic, range(src_info.partitions))
+            except KafkaUnavailableError as exc:
+                # one unreachable answer is enough: don't wait the timeout per mirror
+                source_error = str(exc)
+            except NotFoundError:
+                mirrors.append(build_mirror_view(
+                    rec, snap.progress, snap.workers, {}, dst_ends, now,
+                    source_error=f"source topic '{rec.source_topic}' does not exist on the {src_admin.label}",
+                    destination_error=dst_error))
+                continue
+        mirrors.append(build_mirror_view(rec, snap.progress, snap.workers, src_offsets, dst_ends, now,
+                                         source_error=source_error, destination_error=dst_error))
+    return {"link": link.name, "source_available": source_error is None, "source_error": source_error,
+            "mirrors": mirrors}
+
+
+def describe_view(registry, link_name: str | None = None, topic: str | None = None,
+                  now: float | None = None) -> dict:
+    """{"links": [{"link", "source_available", "source_error", "mirrors": [...]}]}."""
+    now = time.time() if now is None else now
+    return {"links": [_describe_link(link, topic, now) for link in _links(registry, link_name)]}
+
+
+# ---------------------------------------------------------------- health
+
+def health_problems(view: dict, max_lag: int | None = None) -> list[str]:
+    """What makes `--check` exit 1: a FAILED mirror, or (with max_lag) a mirror that is
+    not STOPPED whose lag exceeds max_lag or cannot be measured."""
+    problems = []
+    for link in view["links"]:
+        for m in link["mirrors"]:
+            name = f"{m['link']}/{m['topic']}"
+            if m["state"] == FAILED:
+                where = ""
+                if m.get("failed"):
+                    f = m["failed"]
+                    where = f" at partition {f.get('partition')} offset {f.get('offset')}"
+                problems.append(f"mirror '{name}' is FAILED{where}: {m.get('reason') or 'no reason recorded'}")
+            elif max_lag is not None and m["state"] != STOPPED:
+                if m["lag"] is None:
+                    why = m.get("source_error") or m.get("destination_error") or "offsets unavailable"
+                    problems.append(f"mirror '{name}' lag unknown: {why}")
+                elif m["lag"] > max_lag:
+                    problems.append(f"mirror '{name}' lag {m['lag']} exceeds --max-lag {max_lag}")
+    return problems

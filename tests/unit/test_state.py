@@ -1,0 +1,202 @@
+"""State store records (keys, JSON, folding a compacted log) and the describe/list views
+and health verdict built from them, without a broker."""
+import pytest
+
+from kafka_mirrors.errors import UsageError
+from kafka_mirrors.kafka.topics import PartitionOffsets
+from kafka_mirrors.mirrors import build_mirror_view, health_problems, parse_configs, worker_view
+from kafka_mirrors.state import (
+    FAILED,
+    STOPPED,
+    MirrorRecord,
+    StateSnapshot,
+    StateStore,
+    ack_key,
+    decode,
+    encode,
+    mirror_key,
+    progress_key,
+    worker_key,
+)
+
+NOW = 1_000_000.0
+
+
+def rec(**kw) -> MirrorRecord:
+    base = dict(link="dr", topic="orders", source_topic="orders", partitions=2,
+                source_topic_id="TID", created_at=10.0, updated_at=20.0)
+    base.update(kw)
+    return MirrorRecord(**base)
+
+
+# ---------------------------------------------------------------- encoding
+
+def test_mirror_record_round_trips_through_json_bytes():
+    r = rec(state=FAILED, reason="divergence", failed={"partition": 1, "offset": 7, "message": "m"})
+    raw = encode(r.to_json())
+    assert isinstance(raw, bytes)
+    assert MirrorRecord.from_json(decode(raw)) == r
+
+
+def test_encoding_is_stable_and_sorted():
+    assert encode({"b": 1, "a": None}) == b'{"a":null,"b":1}'
+    assert encode(None) is None and decode(None) is None
+
+
+def test_from_json_ignores_fields_a_newer_writer_added():
+    value = rec().to_json() | {"added_by_a_later_version": 1}
+    assert MirrorRecord.from_json(value) == rec()
+
+
+def test_keys():
+    assert mirror_key("dr", "orders") == "mirror/dr/orders"
+    assert worker_key("dr", "h:1") == "worker/dr/h:1"
+    assert progress_key("dr", "orders", 3) == "progress/dr/orders/3"
+    assert ack_key("dr", "orders", "w/1") == "ack/dr/orders/w/1"
+
+
+# ---------------------------------------------------------------- folding the log
+
+def test_snapshot_folds_records_last_one_wins_and_tombstones_delete():
+    s = StateSnapshot("dr")
+    s.apply(mirror_key("dr", "orders"), rec().to_json())
+    s.apply(mirror_key("dr", "orders"), rec(state="PAUSED").to_json())
+    s.apply(mirror_key("dr", "gone"), rec(topic="gone").to_json())
+    s.apply(mirror_key("dr", "gone"), None)
+    s.apply(worker_key("dr", "w1"), {"heartbeat_at": 5})
+    s.apply(progress_key("dr", "orders", 1), {"next_offset": 4})
+    s.apply(ack_key("dr", "orders", "w/1"), {"state": STOPPED, "at": 6})
+    assert list(s.mirrors) == ["orders"] and s.mirrors["orders"].state == "PAUSED"
+    assert s.workers == {"w1": {"heartbeat_at": 5}}
+    assert s.progress == {("orders", 1): {"next_offset": 4}}
+    assert s.acks == {("orders", "w/1"): {"state": STOPPED, "at": 6}}
+
+
+def test_snapshot_skips_other_links_including_a_name_prefix():
+    s = StateSnapshot("dr")
+    assert not s.apply(mirror_key("dr2", "orders"), rec(link="dr2").to_json())
+    assert not s.apply(mirror_key("other", "orders"), rec(link="other").to_json())
+    assert s.mirrors == {}
+
+
+def test_snapshot_skips_unknown_and_malformed_keys():
+    s = StateSnapshot("dr")
+    assert not s.apply("future/dr/x", {"a": 1})
+    assert not s.apply("progress/dr/orders/notanumber", {"next_offset": 1})
+    assert not s.apply("mirror/dr/orders", {"topic": "orders"})  # required fields missing
+    assert not s.apply("garbage", {})
+    assert s.mirrors == {} and s.progress == {}
+
+
+def test_store_constructor_opens_no_connection():
+    # an unreachable address: building the store must not try it
+    store = StateStore({"bootstrap.servers": "127.0.0.1:1"}, "dr", timeout=0.5)
+    assert store._producer is None and store.label == "destination cluster 127.0.0.1:1"
+
+
+def test_set_state_rejects_an_unknown_state():
+    with pytest.raises(ValueError):
+        StateStore({"bootstrap.servers": "127.0.0.1:1"}, "dr").set_state("orders", "RUNNING")
+
+
+# ---------------------------------------------------------------- views
+
+SRC = {0: PartitionOffsets(2, 10, 12), 1: PartitionOffsets(0, 5, 5)}
+
+
+def test_lag_is_source_last_stable_offset_minus_destination_log_end_offset():
+    progress = {("orders", 0): {"records_copied": 6, "fillers_written": 3,
+                                "offsets_lost_to_source_retention": 2, "updated_at": 50.0}}
+    v = build_mirror_view(rec(), progress, {}, SRC, {0: 7, 1: 5}, NOW)
+    p0, p1 = v["partitions"]
+    assert (p0["source_log_start_offset"], p0["source_last_stable_offset"], p0["source_high_watermark"]) == (2, 10, 12)
+    assert p0["destination_log_end_offset"] == 7 and p0["lag"] == 3
+    assert p0["fillers_written"] == 3 and p0["offsets_lost_to_source_retention"] == 2
+    assert p1["lag"] == 0 and p1["fillers_written"] == 0
+    assert v["lag"] == 3 and v["fillers_written"] == 3 and v["offsets_lost_to_source_retention"] == 2
+    assert v["status"] == "ACTIVE"
+
+
+def test_source_unavailable_keeps_destination_numbers():
+    v = build_mirror_view(rec(), {}, {}, None, {0: 7, 1: 5}, NOW, source_error="source cluster x is unreachable")
+    assert v["status"] == "SOURCE_UNAVAILABLE" and v["state"] == "ACTIVE"
+    assert [p["destination_log_end_offset"] for p in v["partitions"]] == [7, 5]
+    assert [p["lag"] for p in v["partitions"]] == [None, None] and v["lag"] is None
+    assert v["partitions"][0]["source_last_stable_offset"] is None
+    assert v["source_error"] == "source cluster x is unreachable"
+
+
+def test_a_stopped_mirror_does_not_report_the_source_missing():
+    v = build_mirror_view(rec(state=STOPPED), {}, {}, None, {0: 7, 1: 5}, NOW)
+    assert v["status"] == STOPPED
+
+
+def test_partitions_the_source_added_are_shown():
+    src = dict(SRC) | {2: PartitionOffsets(0, 4, 4)}
+    v = build_mirror_view(rec(), {}, {}, src, {0: 10, 1: 5}, NOW)
+    assert [p["partition"] for p in v["partitions"]] == [0, 1, 2]
+    assert v["partitions"][2]["destination_log_end_offset"] is None and v["lag"] is None
+
+
+def test_worker_view_no_worker_has_run():
+    assert worker_view("orders", {}, NOW)["status"] == "no worker has run"
+
+
+def test_worker_view_stale_and_fresh_heartbeats():
+    workers = {"w1": {"heartbeat_at": NOW - 95, "partitions": [{"topic": "orders", "partition": 0}]},
+               "w2": {"heartbeat_at": NOW - 2, "partitions": [["payments", 0]]}}
+    stale = worker_view("orders", workers, NOW)
+    assert stale["status"] == "no worker seen for 95 s" and stale["worker_ids"] == ["w1"]
+    fresh = worker_view("payments", workers, NOW)
+    assert fresh["status"] == "last heartbeat 2 s ago" and fresh["seconds_since_heartbeat"] == 2
+    # a topic no worker lists: the link's freshest worker is the best we know
+    assert worker_view("other", workers, NOW)["seconds_since_heartbeat"] == 2
+
+
+# ---------------------------------------------------------------- health
+
+def view_of(*mirrors):
+    return {"links": [{"link": "dr", "source_available": True, "source_error": None, "mirrors": list(mirrors)}]}
+
+
+def test_health_failed_mirror_is_a_problem_with_its_offset():
+    v = build_mirror_view(rec(state=FAILED, reason="offset mismatch",
+                              failed={"partition": 1, "offset": 9, "message": "m"}), {}, {}, SRC, {0: 10, 1: 5}, NOW)
+    assert health_problems(view_of(v)) == ["mirror 'dr/orders' is FAILED at partition 1 offset 9: offset mismatch"]
+
+
+def test_health_lag_only_counts_with_max_lag():
+    v = build_mirror_view(rec(), {}, {}, SRC, {0: 0, 1: 0}, NOW)  # lag 10 + 5
+    assert v["lag"] == 15
+    assert health_problems(view_of(v)) == []
+    assert health_problems(view_of(v), max_lag=15) == []
+    assert health_problems(view_of(v), max_lag=14) == ["mirror 'dr/orders' lag 15 exceeds --max-lag 14"]
+
+
+def test_health_unknown_lag_fails_a_lag_check_but_not_a_stopped_mirror():
+    down = build_mirror_view(rec(), {}, {}, None, {0: 0, 1: 0}, NOW, source_error="source down")
+    assert health_problems(view_of(down), max_lag=100) == ["mirror 'dr/orders' lag unknown: source down"]
+    assert health_problems(view_of(down)) == []
+    stopped = build_mirror_view(rec(state=STOPPED), {}, {}, SRC, {0: 0, 1: 0}, NOW)
+    assert health_problems(view_of(stopped), max_lag=0) == []
+
+
+# ---------------------------------------------------------------- CLI input checks (no broker reached)
+
+def test_parse_configs():
+    assert parse_configs(["retention.ms=5", "a.b = x=y"]) == {"retention.ms": "5", "a.b": "x=y"}
+    with pytest.raises(UsageError):
+        parse_configs(["retention.ms"])
+
+
+def test_max_lag_without_check_is_a_usage_error(cli):
+    r = cli("describe", "--max-lag", "3")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: --max-lag needs --check")
+    assert r.stdout == ""
+
+
+def test_mirror_commands_on_an_unknown_link(cli):
+    r = cli("mirror", "describe", "orders", "--link", "nope")
+    assert r.exit_code == 1
+    assert "link 'nope' not found" in r.stderr and "kafka-mirrors link list" in r.stderr
