@@ -80,6 +80,10 @@ def _register() -> None:
     app.add_typer(mirror.app, name="mirror")
     app.command("describe")(describe.describe)
 
+    from kafka_mirrors.cli import run
+
+    app.command("run")(run.run)
+
 
 _register()
 
