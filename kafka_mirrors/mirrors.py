@@ -195,19 +195,27 @@ def _worker_partitions(worker: dict) -> set[tuple[str, int]]:
             out.add((p["topic"], int(p["partition"])))
         elif isinstance(p, (list, tuple)) and len(p) == 2:
             out.add((p[0], int(p[1])))
+        elif isinstance(p, str) and p.rpartition("-")[2].isdigit():
+            topic, _, partition = p.rpartition("-")  # "topic-3", as the worker reports
+            out.add((topic, int(partition)))
     return out
 
 
 def worker_view(topic: str, workers: dict[str, dict], now: float,
-                stale_after: float = WORKER_STALE_AFTER_S) -> dict:
+                stale_after: float = WORKER_STALE_AFTER_S, last_progress_at: float | None = None) -> dict:
     """The freshest heartbeat of the workers serving `topic` (those listing one of its
-    partitions, else any worker of the link) and the sentence describe prints."""
+    partitions, else any worker of the link) and the sentence describe prints. A worker
+    that stopped cleanly deletes its heartbeat; its last progress report still dates it."""
     serving = {w: v for w, v in workers.items() if any(t == topic for t, _ in _worker_partitions(v))}
     candidates = serving or workers
     beats = [(float(v.get("heartbeat_at") or 0), w) for w, v in candidates.items()]
-    if not beats:
+    if not beats and last_progress_at is None:
         return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": None,
                 "status": "no worker has run"}
+    if not beats:
+        ago = max(0, int(now - last_progress_at))
+        return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": ago,
+                "status": f"no worker seen for {ago} s"}
     last, _ = max(beats)
     ago = max(0, int(now - last))
     status = f"no worker seen for {ago} s" if now - last > stale_after else f"last heartbeat {ago} s ago"
@@ -267,7 +275,9 @@ def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], 
         "lag": total_lag,
         "fillers_written": sum(p["fillers_written"] for p in partitions),
         "offsets_lost_to_source_retention": sum(p["offsets_lost_to_source_retention"] for p in partitions),
-        "worker": worker_view(rec.topic, workers, now, stale_after),
+        "worker": worker_view(rec.topic, workers, now, stale_after,
+                              max((p["progress_updated_at"] for p in partitions
+                                   if p["progress_updated_at"] is not None), default=None)),
         "partitions": partitions,
     }
 

@@ -262,6 +262,12 @@ class StateStore:
 
     # ---- writes
     def _put(self, key: str, value: Any) -> None:
+        self._put_many([(key, value)])
+
+    def _put_many(self, items: list[tuple[str, Any]]) -> None:
+        """Produce every item, then one flush: durable (acks=all) when this returns."""
+        if not items:
+            return
         self.ensure_topic()
         producer = self._producer_()
         errors: list[str] = []
@@ -270,13 +276,16 @@ class StateStore:
             if err is not None:
                 errors.append(err.str())
 
-        producer.produce(STATE_TOPIC, key=key.encode(), value=encode(value), partition=0, on_delivery=delivered)
+        for key, value in items:
+            producer.produce(STATE_TOPIC, key=key.encode(), value=encode(value), partition=0,
+                             on_delivery=delivered)
         left = producer.flush(self.timeout)
+        what = items[0][0] + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
         if left:
-            raise KafkaUnavailableError(f"{self.label} did not acknowledge the state write '{key}' "
+            raise KafkaUnavailableError(f"{self.label} did not acknowledge the state write '{what}' "
                                         f"within {self.timeout:g} s", "check that the destination cluster is up")
         if errors:
-            raise KafkaOperationError(f"writing state '{key}' to {self.label} failed: {errors[0]}")
+            raise KafkaOperationError(f"writing state '{what}' to {self.label} failed: {errors[0]}")
 
     def put_mirror(self, rec: MirrorRecord) -> None:
         now = time.time()
@@ -288,13 +297,9 @@ class StateStore:
     def delete_mirror(self, topic: str) -> None:
         """Tombstone the mirror and its progress and acks (for `link delete` and the like)."""
         snap = self.snapshot()
-        for (t, p) in list(snap.progress):
-            if t == topic:
-                self._put(progress_key(self.link, t, p), None)
-        for (t, w) in list(snap.acks):
-            if t == topic:
-                self._put(ack_key(self.link, t, w), None)
-        self._put(mirror_key(self.link, topic), None)
+        self._put_many([(progress_key(self.link, t, p), None) for (t, p) in sorted(snap.progress) if t == topic]
+                       + [(ack_key(self.link, t, w), None) for (t, w) in sorted(snap.acks) if t == topic]
+                       + [(mirror_key(self.link, topic), None)])
 
     def set_state(self, topic: str, state: str, reason: str | None = None, **fields) -> MirrorRecord:
         """Read-modify-write of one mirror record. Not atomic across hosts: the last
@@ -327,6 +332,12 @@ class StateStore:
         value = dict(progress)
         value.setdefault("updated_at", time.time())
         self._put(progress_key(self.link, topic, partition), value)
+
+    def put_progress_many(self, progress: dict[tuple[str, int], dict]) -> None:
+        """Several partitions' progress in one flush (a worker's periodic report)."""
+        now = time.time()
+        self._put_many([(progress_key(self.link, t, p), {"updated_at": now} | dict(v))
+                        for (t, p), v in sorted(progress.items())])
 
     def ack(self, topic: str, worker_id: str, state: str) -> None:
         self._put(ack_key(self.link, topic, worker_id), {"state": state, "at": time.time()})

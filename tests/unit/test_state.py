@@ -200,3 +200,16 @@ def test_mirror_commands_on_an_unknown_link(cli):
     r = cli("mirror", "describe", "orders", "--link", "nope")
     assert r.exit_code == 1
     assert "link 'nope' not found" in r.stderr and "kafka-mirrors link list" in r.stderr
+
+
+def test_worker_view_reads_the_workers_topic_partition_strings():
+    workers = {"w1": {"heartbeat_at": NOW - 1, "partitions": ["my-orders-0", "my-orders-1"]},
+               "w2": {"heartbeat_at": NOW - 50, "partitions": ["other-0"]}}
+    v = worker_view("my-orders", workers, NOW)
+    assert v["worker_ids"] == ["w1"] and v["status"] == "last heartbeat 1 s ago"
+
+
+def test_a_worker_that_stopped_cleanly_is_dated_by_its_last_progress():
+    progress = {("orders", 0): {"records_copied": 3, "updated_at": NOW - 40}}
+    v = build_mirror_view(rec(), progress, {}, SRC, {0: 3, 1: 0}, NOW)
+    assert v["worker"]["status"] == "no worker seen for 40 s"
