@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from kafka_mirrors import clientconfig, state
-from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, NotFoundError, UsageError
+from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, KafkaUnavailableError, NotFoundError, UsageError
 from kafka_mirrors.kafka.admin import Admin
 from kafka_mirrors.registry import LINK_NAME, LINK_OPTIONS, ClusterSpec, Link, Registry, now_iso, validate_option
 
@@ -114,7 +114,7 @@ def create_link(registry: Registry, name: str, source: ClusterSpec, destination:
         for side in ("source", "destination"):
             if not seen[side]["reachable"]:
                 exc = seen[side]["exc"]
-                if exc.hint is None or "--no-validate" not in exc.hint:
+                if isinstance(exc, KafkaUnavailableError):
                     exc.hint = (exc.hint + "; " if exc.hint else "") + "or pass --no-validate to record the link anyway"
                 raise exc
         link.source_cluster_id = seen["source"]["cluster_id"]

@@ -28,8 +28,9 @@ class OutputFormat(str, Enum):
 
 def _console(stderr: bool) -> Console:
     # Rich markup is off everywhere: topic names such as 'a[1]' must print as they are.
+    # Diagnostics are never wrapped: an error stays one line in a runbook's log.
     return Console(stderr=stderr, markup=False, highlight=False, emoji=False,
-                   soft_wrap=False, width=int(os.environ.get("COLUMNS", "0")) or None)
+                   soft_wrap=stderr, width=int(os.environ.get("COLUMNS", "0")) or None)
 
 
 @dataclass
