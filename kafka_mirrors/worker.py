@@ -242,22 +242,26 @@ class Worker:
 
     # ------------------------------------------------------------ reporting
 
-    def _put_progress(self, topic: str, p: int, copier: PartitionCopier) -> None:
+    def _progress(self, copier: PartitionCopier) -> dict:
         pr = copier.progress
-        self.store.put_progress(topic, p, {
+        return {
             "next_offset": pr.next_offset,
             "records_copied": pr.records_copied,
             "fillers_written": pr.fillers_written,
             "offsets_lost_to_source_retention": pr.offsets_lost_to_source_retention,
             "worker_id": self.worker_id,
             "updated_at": time.time(),
-        })
+        }
+
+    def _put_progress(self, topic: str, p: int, copier: PartitionCopier) -> None:
+        self.store.put_progress(topic, p, self._progress(copier))
 
     def _heartbeat(self, final: bool = False) -> None:
         try:
-            for topic, task in self.tasks.items():
-                for p, copier in task.copiers.items():
-                    self._put_progress(topic, p, copier)
+            many = {(topic, p): self._progress(copier)
+                    for topic, task in self.tasks.items() for p, copier in task.copiers.items()}
+            if many:
+                self.store.put_progress_many(many)
             if final:
                 self.store.remove_worker(self.worker_id)
             else:
