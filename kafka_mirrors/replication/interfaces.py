@@ -42,6 +42,10 @@ class FetchResult:
 
     records: Sequence[Record]
     end_offset: int | None = None
+    # Optional (added by the replication core): the partition's high watermark as the same
+    # fetch saw it. The copier acts on end_offset only when nothing unstable lies beyond it
+    # (end_offset == high watermark); without this field it asks offsets() when idle.
+    high_watermark: int | None = None
 
 
 class PartitionSource(Protocol):
@@ -97,13 +101,24 @@ class PartitionSink(Protocol):
 
     def fill(self, first_offset: int, count: int) -> Confirmation:
         """`count` non-transactional filler records starting at first_offset (used before
-        delete_records_before, where they vanish). Waits for their delivery."""
+        delete_records_before, where they vanish). Waits for their delivery. The
+        Confirmation is for the first filler."""
 
     def delete_records_before(self, offset: int) -> None:
         """DeleteRecords: move the destination's log start offset to `offset`."""
 
     def read_committed_range(self, start: int, end: int) -> list[Record]:
         """The read_committed records on the destination with start <= offset < end."""
+
+    # Optional (the copier calls it when the sink has it; added by the replication core):
+    def fence_previous_writer(self) -> None:
+        """End what an earlier writer of this partition left open, before the copier reads
+        its checkpoint: if the destination partition has an open transaction (its last
+        stable offset is below its log end offset), initialise the transactional producer
+        (same transactional.id: it fences the old one and the broker aborts its
+        transaction) and return once the abort marker is on the log. Without this, a
+        transaction left open by a crash is aborted only when transaction.timeout.ms
+        expires, and its marker would land in the middle of the new copier's writes."""
 
 
 @dataclass

@@ -1,0 +1,431 @@
+"""The per-partition copier: copies one source partition to the same partition of the
+mirror topic, record for record at identical offsets (DESIGN.md section 4). Pure logic:
+it talks to a PartitionSource and a PartitionSink only, never to Kafka.
+
+    start():  fence old writer -> checkpoint = destination log end offset
+              -> tail check -> head alignment -> source.seek(checkpoint)
+    step():   verify delivery reports -> fetch -> plan -> write -> (idle: foreign-write
+              check, retention follow-up) -> verify delivery reports
+                 fetch ──► dense runs ──► produce (async, fast path)
+                       └─► gaps ──► plan_gap ──► commit_one / abort_fillers / fill+delete
+    stop():   flush and verify what is in flight; the held-back record stays unwritten
+
+The last record seen is held back until the offset after it is known (the next record or
+the source's last stable offset), because a gap after a record decides how that record
+must be written. Every delivery report is checked against the offset it copies; any
+mismatch fails the partition (PartitionFailed) and nothing more is written.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Sequence
+
+from kafka_mirrors.errors import ReplicationError
+from kafka_mirrors.replication.interfaces import (
+    Confirmation,
+    FetchResult,
+    PartitionProgress,
+    PartitionSink,
+    PartitionSource,
+    Record,
+)
+from kafka_mirrors.replication.plan import (
+    ABORT_FILLERS,
+    COMMIT_HELD,
+    LONE_OFFSET,
+    PRODUCE_HELD,
+    SKIP_LOST,
+    dense_run_end,
+    plan_gap,
+)
+
+# Fillers written before a DeleteRecords go in chunks so a large head gap shows progress
+# and a crash part-way resumes from the destination log end offset like any other write.
+FILL_CHUNK = 100_000
+
+
+class PartitionFailed(ReplicationError):
+    """The copy of this partition broke an invariant at `offset`; the mirror must go to
+    FAILED with this reason. Never retried: retrying could hide a divergence."""
+
+    def __init__(self, offset: int, reason: str, label: str = ""):
+        super().__init__(f"offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+        self.label = label
+
+
+class PartitionStalled(ReplicationError):
+    """Writes were not confirmed in time (destination slow or unreachable). Nothing is
+    known to be wrong: drop this copier and its sink's producers, back off, and start a
+    new copier, which resumes from the destination log end offset."""
+
+
+class PartitionCopier:
+    def __init__(
+        self,
+        source: PartitionSource,
+        sink: PartitionSink,
+        *,
+        label: str,
+        logger: logging.Logger,
+        max_batch: int = 5000,
+        tail_check: int = 16,
+        max_in_flight: int | None = None,
+        write_timeout: float = 30.0,
+        retention_check_interval: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self._source = source
+        self._sink = sink
+        self._label = label
+        self._log = logger
+        self._max_batch = max_batch
+        self._tail_check = tail_check
+        self._max_in_flight = max_in_flight if max_in_flight is not None else 4 * max_batch
+        self._write_timeout = write_timeout
+        self._retention_check_interval = retention_check_interval
+        self._clock = clock
+
+        self._started = False
+        self._failed: PartitionFailed | None = None
+        # _next: the destination offset the next planned write lands on (a held record
+        # sits exactly there). _confirmed: the destination log end offset as far as
+        # delivery reports prove it.
+        self._next = 0
+        self._confirmed = 0
+        self._held: Record | None = None
+        self._batch: list[Record] = []  # planned, not yet handed to sink.produce
+        self._in_flight = 0
+        self._last_retention_check = float("-inf")
+        self._progress = PartitionProgress()
+
+    # -- public API -------------------------------------------------------------------
+
+    @property
+    def progress(self) -> PartitionProgress:
+        self._progress.next_offset = self._confirmed
+        return self._progress
+
+    def start(self) -> PartitionProgress:
+        fence = getattr(self._sink, "fence_previous_writer", None)
+        if fence is not None:
+            fence()
+        checkpoint = self._sink.log_end_offset()
+        offsets = self._source.offsets()
+        self._next = self._confirmed = checkpoint
+        if checkpoint > offsets.high_watermark:
+            self._fail(
+                offsets.high_watermark,
+                f"the destination holds offsets up to {checkpoint - 1} but the source's high "
+                f"watermark is {offsets.high_watermark} (source truncated or re-created, or "
+                f"another writer on the mirror?)",
+            )
+        self._check_tail(checkpoint)
+
+        log_start = offsets.log_start_offset
+        if log_start > checkpoint:
+            # An empty destination over a source whose head was deleted before mirroring
+            # began has lost nothing; a destination that had started copying has.
+            self._skip(checkpoint, log_start, lost=checkpoint > 0)
+        else:
+            self._follow_retention(log_start)
+        self._last_retention_check = self._clock()
+        self._source.seek(self._next)
+        self._started = True
+        self._log.info(
+            "[%s] starting at offset %d (source log start %d, last stable offset %d)",
+            self._label, self._next, log_start, offsets.last_stable_offset,
+        )
+        return self.progress
+
+    def step(self, timeout: float) -> PartitionProgress:
+        if self._failed is not None:
+            raise self._failed
+        if not self._started:
+            raise RuntimeError("PartitionCopier.step() before start()")
+        self._take_confirmations()
+        if self._in_flight > self._max_in_flight:
+            self._send_and_flush()
+
+        result = self._source.fetch(self._max_batch, timeout)
+        records = result.records
+        if records:
+            self._plan_records(records)
+            self._send()
+        else:
+            self._plan_idle(result)
+            self._send()
+            self._idle_checks()
+        self._take_confirmations()
+        return self.progress
+
+    def stop(self, timeout: float) -> PartitionProgress:
+        if self._failed is None and self._started:
+            self._send()
+            self._flush(timeout)
+        return self.progress
+
+    # -- planning -----------------------------------------------------------------------
+
+    def _plan_records(self, records: Sequence[Record]) -> None:
+        n = len(records)
+        pos = 0
+        held = self._held
+        while pos < n:
+            run_end = dense_run_end(records, pos)
+            first = records[pos].offset
+            expected = held.offset + 1 if held is not None else self._next
+            if first == expected:
+                if held is not None:
+                    self._batch.append(held)
+            elif first > expected:
+                self._plan_gap(first)  # may hand the batch to the sink: re-read self._batch
+            else:
+                self._fail(
+                    first,
+                    f"the source returned offset {first} again, behind the copy at {expected}",
+                )
+            if run_end - pos > 1:
+                # every record of the run but the last is followed by a known record
+                self._batch.extend(records[pos:run_end - 1])
+            held = self._held = records[run_end - 1]
+            self._next = held.offset
+            pos = run_end
+
+    def _plan_idle(self, result: FetchResult) -> None:
+        """The fetch found nothing new: decide whether the held record (and the gap after
+        it) can be written now.
+
+        Only when nothing unstable lies beyond the source's last stable offset (LSO equal
+        to the high watermark). If an open transaction starts at the LSO, its fate and the
+        records other producers interleave with it decide the gap: a one-record aborted
+        transaction followed by a visible record leaves a single empty offset, and only a
+        record we still hold can carry the marker that fills it. So wait for it to end."""
+        held = self._held
+        end_offset = result.end_offset
+        expected = held.offset + 1 if held is not None else self._next
+        if end_offset is not None and end_offset == expected and held is None:
+            return  # caught up and nothing held: the common idle step costs no request
+        high_watermark = result.high_watermark
+        if end_offset is None or high_watermark is None:
+            offsets = self._source.offsets()
+            if high_watermark is None:
+                high_watermark = offsets.high_watermark
+            if end_offset is None:
+                # The fetch did not say it reached the end; an LSO right behind what we
+                # have seen proves it anyway. Anything else proves nothing.
+                if offsets.last_stable_offset != expected:
+                    return
+                end_offset = expected
+        if end_offset == high_watermark:
+            self._plan_end(end_offset)
+
+    def _plan_end(self, end_offset: int) -> None:
+        """The source says nothing visible lies between what we have seen and end_offset."""
+        held = self._held
+        if held is not None:
+            if end_offset == held.offset + 1:
+                self._batch.append(held)
+                self._held = None
+                self._next = end_offset
+            elif end_offset > held.offset + 1:
+                self._plan_gap(end_offset)
+        elif end_offset > self._next:
+            self._plan_gap(end_offset)
+
+    def _plan_gap(self, following: int) -> None:
+        """Write the held record (if any) and fill every offset up to `following`."""
+        held = self._held
+        actions = plan_gap(
+            self._next, following, holding=held is not None,
+            source_log_start=self._source.offsets().log_start_offset,
+        )
+        self._log.debug("[%s] gap before %d: %s", self._label, following, actions)
+        for action in actions:
+            kind = action.kind
+            if kind == PRODUCE_HELD:
+                self._batch.append(held)
+                self._next = held.offset + 1
+            elif kind == COMMIT_HELD:
+                self._send_and_flush()
+                self._verify(self._sink.commit_one(held))
+                self._progress.records_copied += 1
+                self._count("transactions_committed")
+                self._next = self._confirmed = held.offset + 2
+            elif kind == ABORT_FILLERS:
+                self._send_and_flush()
+                self._verify(self._sink.abort_fillers(action.offset, action.count))
+                self._progress.fillers_written += action.count
+                self._count("transactions_aborted")
+                self._next = self._confirmed = action.offset + action.count + 1
+            elif kind == SKIP_LOST:
+                self._send_and_flush()
+                self._skip(action.offset, action.offset + action.count, lost=True)
+            elif kind == LONE_OFFSET:
+                self._send_and_flush()
+                self._lone_offset(action.offset)
+        self._held = None
+        self._next = following
+
+    def _lone_offset(self, offset: int) -> None:
+        """One invisible source offset with no record of ours before it to carry a marker
+        (compaction removed the record after one already written). Kafka cannot spend a
+        single offset invisibly, so: at the destination's head, filler + DeleteRecords;
+        elsewhere a filler that read_committed consumers DO see, said loudly and counted."""
+        self._write_fill(offset, 1)
+        if self._sink.log_start_offset() == offset:
+            self._sink.delete_records_before(offset + 1)
+            self._count("retention_deletes")
+            return
+        self._count("visible_fillers")
+        self._log.warning(
+            "[%s] offset %d: a single empty source offset (a compacted record, or a one-record "
+            "aborted transaction interleaved with other producers) follows a record already "
+            "written; wrote a filler there that read_committed consumers see",
+            self._label, offset,
+        )
+
+    # -- writes -------------------------------------------------------------------------
+
+    def _skip(self, start: int, end: int, *, lost: bool) -> None:
+        """Fillers on [start, end) then DeleteRecords to end: the offsets vanish and the
+        destination's log start offset follows the source's."""
+        if lost:
+            self._progress.offsets_lost_to_source_retention += end - start
+            self._log.warning(
+                "[%s] offsets %d..%d (%d) were deleted by source retention before they were "
+                "copied; they are lost to the mirror",
+                self._label, start, end - 1, end - start,
+            )
+        position = start
+        while position < end:
+            count = min(FILL_CHUNK, end - position)
+            self._write_fill(position, count)
+            position += count
+            self._sink.delete_records_before(position)
+        self._count("retention_deletes")
+
+    def _write_fill(self, start: int, count: int) -> None:
+        self._verify(self._sink.fill(start, count))
+        self._progress.fillers_written += count
+        self._next = self._confirmed = start + count
+
+    def _send(self) -> None:
+        batch = self._batch
+        if batch:
+            # a new list: the sink may keep the one it was given
+            self._batch = []
+            self._sink.produce(batch)
+            self._in_flight += len(batch)
+            self._count("batches")
+
+    def _send_and_flush(self) -> None:
+        self._send()
+        self._flush(self._write_timeout)
+
+    def _flush(self, timeout: float) -> None:
+        if self._in_flight:
+            self._check(self._sink.flush(timeout))
+            if self._in_flight:
+                raise PartitionStalled(
+                    f"{self._in_flight} writes from offset {self._confirmed} not confirmed "
+                    f"within {timeout:g}s"
+                )
+
+    def _take_confirmations(self) -> None:
+        if self._in_flight:
+            confirmations = self._sink.confirmations()
+            if confirmations:
+                self._check(confirmations)
+
+    def _check(self, confirmations: list[Confirmation]) -> None:
+        for c in confirmations:
+            if c.assigned_offset != c.expected_offset or c.error is not None:
+                self._verify(c)
+        if confirmations:
+            self._in_flight -= len(confirmations)
+            self._progress.records_copied += len(confirmations)
+            self._confirmed = max(self._confirmed, confirmations[-1].expected_offset + 1)
+
+    def _verify(self, c: Confirmation) -> None:
+        if c.error is not None:
+            self._fail(c.expected_offset, f"delivery failed: {c.error}")
+        if c.assigned_offset != c.expected_offset:
+            self._fail(
+                c.expected_offset,
+                f"delivery landed at {c.assigned_offset} (another writer?)",
+            )
+
+    # -- checks -------------------------------------------------------------------------
+
+    def _check_tail(self, checkpoint: int) -> None:
+        """The last offsets before the checkpoint must hold what the source shows there.
+        Catches a one-record transaction that a crash left to be aborted: its marker
+        moved the log end offset, but the record is invisible to read_committed."""
+        start = max(0, checkpoint - self._tail_check)
+        if start >= checkpoint:
+            return
+        copied = {r.offset: r for r in self._sink.read_committed_range(start, checkpoint)}
+        for record in self._source.read_range(start, checkpoint):
+            mirrored = copied.get(record.offset)
+            if mirrored is None:
+                self._fail(
+                    record.offset,
+                    "on the source but not visible on the destination below its log end "
+                    f"offset {checkpoint} (a transaction aborted by a crash?)",
+                )
+            if not _same(record, mirrored):
+                self._fail(record.offset, "the destination record differs from the source record")
+
+    def _idle_checks(self) -> None:
+        if self._in_flight or self._batch:
+            return
+        log_end = self._sink.log_end_offset()
+        if log_end > self._next:
+            self._fail(
+                self._next,
+                f"the destination log end offset is {log_end}, the copy is only at "
+                f"{self._next}: another writer wrote into the mirror",
+            )
+        if log_end < self._next:
+            self._fail(
+                log_end,
+                f"the destination log end offset went back to {log_end} from {self._next} "
+                "(truncated or re-created?)",
+            )
+        now = self._clock()
+        if now - self._last_retention_check >= self._retention_check_interval:
+            self._last_retention_check = now
+            self._follow_retention(self._source.offsets().log_start_offset)
+
+    def _follow_retention(self, source_log_start: int) -> None:
+        """DeleteRecords on the destination up to the source's log start offset, as far as
+        the copy has reached (offsets beyond are handled when the fetch gets there)."""
+        target = min(source_log_start, self._confirmed)
+        if target > self._sink.log_start_offset():
+            self._sink.delete_records_before(target)
+            self._count("retention_deletes")
+
+    def _fail(self, offset: int, reason: str) -> None:
+        error = PartitionFailed(offset, reason, self._label)
+        self._failed = error
+        self._progress.last_error = str(error)
+        self._batch = []
+        self._log.error("[%s] partition failed: %s", self._label, error)
+        raise error
+
+    def _count(self, name: str) -> None:
+        counters = self._progress.counters
+        counters[name] = counters.get(name, 0) + 1
+
+
+def _same(a: Record, b: Record) -> bool:
+    # adapters may hand headers back as lists; compare their content, not their type
+    return (
+        a.key == b.key
+        and a.value == b.value
+        and a.timestamp == b.timestamp
+        and tuple(map(tuple, a.headers)) == tuple(map(tuple, b.headers))
+    )
