@@ -72,7 +72,7 @@ def check_settings(spec: ClusterSpec, side: str, strict_env: bool) -> list[str]:
 def probe(spec: ClusterSpec, side: str, timeout: float) -> str:
     """The cluster ID of one side (a describe cluster call), or a typed error."""
     admin = Admin(spec.client_config(), f"{side} cluster {spec.bootstrap}", timeout)
-    return admin.cluster_id()
+    return admin.probe_cluster_id()
 
 
 def probe_both(link_or_specs, timeout: float) -> dict[str, dict[str, Any]]:

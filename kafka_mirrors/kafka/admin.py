@@ -103,3 +103,19 @@ class Admin:
 
     def cluster_id(self) -> str:
         return self.describe_cluster().cluster_id
+
+    def probe_cluster_id(self) -> str:
+        """The cluster ID, failing as soon as the broker refuses our credentials: an
+        authentication error arrives on error_cb while the describe-cluster future would
+        otherwise wait out the whole timeout."""
+        import time
+
+        future = self.client.describe_cluster(request_timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        while not future.done() and time.monotonic() < deadline:
+            self.client.poll(0.1)
+            for err in self._errors:
+                if err.code() in _AUTH_CODES:
+                    future.cancel()
+                    raise map_kafka_error(err, "connecting", self.label)
+        return self._await(future, "describe cluster", max(0.1, deadline - time.monotonic())).cluster_id

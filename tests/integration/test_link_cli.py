@@ -26,6 +26,13 @@ def _one_error_line(r) -> str:
 
 def test_link_life_cycle(cli, source, destination, registry_path):
     r = cli("link", "create", "dr", "--source", source.bootstrap, "--destination", destination.bootstrap,
+            "--validate-only")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == (f"link 'dr' is valid; nothing recorded (source cluster ID {source.cluster_id}, "
+                        f"destination cluster ID {destination.cluster_id})\n")
+    assert not registry_path.exists()
+
+    r = cli("link", "create", "dr", "--source", source.bootstrap, "--destination", destination.bootstrap,
             "--config", "mirror.topic.prefix=src.")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == (f"created link 'dr' (source cluster ID {source.cluster_id}, "
