@@ -109,9 +109,9 @@ class PartitionCopier:
         return self._progress
 
     def start(self) -> PartitionProgress:
-        fence = getattr(self._sink, "fence_previous_writer", None)
-        if fence is not None:
-            fence()
+        close_open = getattr(self._sink, "close_open_transaction", None)
+        if close_open is not None:
+            close_open()
         checkpoint = self._sink.log_end_offset()
         offsets = self._source.offsets()
         self._next = self._confirmed = checkpoint
@@ -240,7 +240,7 @@ class PartitionCopier:
         held = self._held
         actions = plan_gap(
             self._next, following, holding=held is not None,
-            source_log_start=self._source.offsets().log_start_offset,
+            source_log_start=self._source_log_start(),
         )
         self._log.debug("[%s] gap before %d: %s", self._label, following, actions)
         for action in actions:
@@ -268,6 +268,10 @@ class PartitionCopier:
                 self._lone_offset(action.offset)
         self._held = None
         self._next = following
+
+    def _source_log_start(self) -> int:
+        log_start = getattr(self._source, "log_start_offset", None)
+        return log_start() if log_start is not None else self._source.offsets().log_start_offset
 
     def _lone_offset(self, offset: int) -> None:
         """One invisible source offset with no record of ours before it to carry a marker
@@ -398,7 +402,7 @@ class PartitionCopier:
         now = self._clock()
         if now - self._last_retention_check >= self._retention_check_interval:
             self._last_retention_check = now
-            self._follow_retention(self._source.offsets().log_start_offset)
+            self._follow_retention(self._source_log_start())
 
     def _follow_retention(self, source_log_start: int) -> None:
         """DeleteRecords on the destination up to the source's log start offset, as far as

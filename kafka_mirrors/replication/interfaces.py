@@ -62,6 +62,10 @@ class PartitionSource(Protocol):
     def read_range(self, start: int, end: int) -> list[Record]:
         """The read_committed records with start <= offset < end (for the tail check)."""
 
+    # Optional (the copier uses it at every gap when the source has it; else offsets()):
+    def log_start_offset(self) -> int:
+        """Fresh ListOffsets earliest only: one request instead of the three of offsets()."""
+
 
 @dataclass(frozen=True, slots=True)
 class Confirmation:
@@ -110,15 +114,16 @@ class PartitionSink(Protocol):
     def read_committed_range(self, start: int, end: int) -> list[Record]:
         """The read_committed records on the destination with start <= offset < end."""
 
-    # Optional (the copier calls it when the sink has it; added by the replication core):
-    def fence_previous_writer(self) -> None:
+    # Optional (the copier calls it first thing in start() when the sink has it):
+    def close_open_transaction(self) -> None:
         """End what an earlier writer of this partition left open, before the copier reads
         its checkpoint: if the destination partition has an open transaction (its last
         stable offset is below its log end offset), initialise the transactional producer
         (same transactional.id: it fences the old one and the broker aborts its
         transaction) and return once the abort marker is on the log. Without this, a
         transaction left open by a crash is aborted only when transaction.timeout.ms
-        expires, and its marker would land in the middle of the new copier's writes."""
+        expires, and its marker would land in the middle of the new copier's writes.
+        Must be cheap and harmless when nothing is open (it may be called twice)."""
 
 
 @dataclass

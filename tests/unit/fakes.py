@@ -143,8 +143,11 @@ class FakeSource:
     of records (possibly none while more exist: a fetch that timed out), and the end of the
     log is reported only when `report_end` says so."""
 
-    def __init__(self, log: FakePartitionLog, *, rng: random.Random | None = None, report_end: bool = True):
+    def __init__(self, log: FakePartitionLog, *, rng: random.Random | None = None, report_end: bool = True,
+                 cheap_log_start: bool = True):
         self.log = log
+        if not cheap_log_start:
+            self.log_start_offset = None  # like an adapter without the optional method
         self.position = 0
         self.rng = rng
         self.report_end = report_end
@@ -157,6 +160,9 @@ class FakeSource:
 
     def seek(self, offset: int) -> None:
         self.position = offset
+
+    def log_start_offset(self) -> int:
+        return self.log.log_start_offset
 
     def fetch(self, max_records: int, timeout: float) -> FetchResult:
         self.fetches += 1
@@ -266,7 +272,7 @@ class FakeSink:
     def read_committed_range(self, start: int, end: int) -> list[Record]:
         return self.log.visible(start, end)
 
-    def fence_previous_writer(self) -> None:
+    def close_open_transaction(self) -> None:
         self.fenced += 1
         self.log.abort_open()
 

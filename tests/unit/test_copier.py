@@ -453,7 +453,7 @@ def test_property_random_logs_copied_with_random_fetches_and_restarts(seed):
     dst = FakePartitionLog()
     for _ in range(1000):
         sink = FakeSink(dst, rng=rng)
-        c = copier(FakeSource(src, rng=rng), sink, max_batch=rng.randint(1, 12))
+        c = copier(FakeSource(src, rng=rng, cheap_log_start=rng.random() < 0.5), sink, max_batch=rng.randint(1, 12))
         c.start()
         for _ in range(rng.randint(1, 8)):
             c.step(0.0)
@@ -486,7 +486,7 @@ def test_property_growing_source_with_compaction_retention_and_restarts(seed, co
     for round_ in range(60):
         if c is None:
             sink = FakeSink(dst, rng=rng, compacted=True)
-            c = copier(FakeSource(src, rng=rng), sink, max_batch=rng.randint(1, 10))
+            c = copier(FakeSource(src, rng=rng, cheap_log_start=rng.random() < 0.5), sink, max_batch=rng.randint(1, 10))
             c.start()
         for _ in range(rng.randint(0, 6)):
             append_random(rng, src, open_txns)
