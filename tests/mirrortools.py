@@ -240,7 +240,11 @@ def snapshot(cluster, topic: str, partition: int, isolation: str = "read_committ
                 raise AssertionError(f"reading {topic}-{partition} did not reach its end within "
                                      f"{timeout:.0f}s (read {len(out)} records, last offset "
                                      f"{out[-1].offset if out else None})")
-            for m in c.consume(num_messages=10_000, timeout=1.0):
+            # poll() returns at the first record or event, consume(timeout=0) drains what is
+            # already fetched: consume(n, t) alone would wait for n records at the end
+            first = c.poll(1.0)
+            batch = [first, *c.consume(num_messages=10_000, timeout=0)] if first is not None else []
+            for m in batch:
                 err = m.error()
                 if err is not None:
                     if err.code() == KafkaError._PARTITION_EOF:
