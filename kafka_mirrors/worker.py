@@ -24,6 +24,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from confluent_kafka import KafkaException
+
 from kafka_mirrors import state as st
 from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError
 from kafka_mirrors.kafka.admin import Admin
@@ -42,6 +44,12 @@ log = logging.getLogger("kafka_mirrors.worker")
 HEARTBEAT_S = 2.0
 METADATA_S = 5.0
 STOP_FLUSH_S = 30.0
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 10.0
+
+
+class SourceTopicChanged(KafkaMirrorsError):
+    """The source topic was deleted or re-created: mixing two topics' data is never right."""
 
 
 @dataclass
@@ -63,6 +71,7 @@ class Worker:
         self.dst_admin = Admin(self.dst_conf, f"destination cluster {link.destination.bootstrap}", timeout)
         self.store = st.StateStore(self.dst_conf, link.name, timeout)
         self.tasks: dict[str, MirrorTask] = {}
+        self.known: dict[str, st.MirrorRecord] = {}  # latest record of every mirror of the link
         self.feed: SourceFeed | None = None
         self.producers: SinkProducers | None = None
         self.delivery_timeout_ms = delivery_timeout_ms
@@ -73,9 +82,7 @@ class Worker:
 
     def run(self, stop: threading.Event) -> int:
         self.store.ensure_topic()
-        self.feed = SourceFeed(self.src_conf, f"[{self.link.name}]")
-        self.producers = SinkProducers(self.dst_conf, self.link.name, f"[{self.link.name}]",
-                                       self.delivery_timeout_ms)
+        self._open_clients()
         snap = self.store.snapshot()
         follower = self.store.follow(snap.end_offset)
         log.info("[%s] worker %s started; %d mirror(s) on the link", self.link.name, self.worker_id,
@@ -84,12 +91,24 @@ class Worker:
             self._reconcile(rec)
         next_beat = 0.0
         next_meta = time.monotonic() + METADATA_S
+        backoff = BACKOFF_MIN_S
         try:
             while not stop.is_set():
                 for key, value in follower.poll(0):
                     if key.startswith("mirror/") and value is not None:
                         self._reconcile(st.MirrorRecord.from_json(value))
-                progressed = self._step_all()
+                try:
+                    progressed = self._step_all()
+                    backoff = BACKOFF_MIN_S if progressed else backoff
+                except (KafkaMirrorsError, KafkaException) as exc:
+                    # nothing known to be wrong (a stall, an unreachable cluster): the one
+                    # failure path is to start over from the destination log end offsets
+                    log.warning("[%s] %s; starting over from the destination log end offsets in %.0f s",
+                                self.link.name, exc, backoff)
+                    stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    self._restart_all()
+                    continue
                 now = time.monotonic()
                 if now >= next_beat:
                     self._heartbeat()
@@ -114,18 +133,37 @@ class Worker:
             log.info("[%s] worker %s stopped", self.link.name, self.worker_id)
         return 0
 
+    def _open_clients(self) -> None:
+        self.feed = SourceFeed(self.src_conf, f"[{self.link.name}]")
+        self.producers = SinkProducers(self.dst_conf, self.link.name, f"[{self.link.name}]",
+                                       self.delivery_timeout_ms)
+
+    def _restart_all(self) -> None:
+        records = [t.record for t in self.tasks.values()]
+        self.tasks.clear()
+        self.producers.purge()
+        self.producers.close(1)
+        self.feed.close()
+        self._open_clients()
+        for rec in records:
+            self._reconcile(rec)
+
     # ------------------------------------------------------------ mirrors
 
     def _reconcile(self, rec: st.MirrorRecord) -> None:
+        self.known[rec.topic] = rec
         running = rec.topic in self.tasks
         if rec.state == st.ACTIVE and not running:
             try:
                 self._start_task(rec)
             except PartitionFailed as exc:
-                self._fail(rec.topic, exc.partition if hasattr(exc, "partition") else None, exc)
-            except KafkaMirrorsError as exc:
-                log.error("[%s/%s] cannot start: %s", self.link.name, rec.topic, exc)
+                self._fail(rec.topic, getattr(exc, "partition", None), exc)
+            except (NotFoundError, SourceTopicChanged) as exc:
                 self._fail(rec.topic, None, exc)
+            except KafkaMirrorsError as exc:
+                # unreachable cluster and the like: leave it to the next reconcile
+                self.tasks.pop(rec.topic, None)
+                log.error("[%s/%s] cannot start yet: %s", self.link.name, rec.topic, exc)
         elif rec.state != st.ACTIVE and running:
             self._stop_task(rec.topic, f"state is now {rec.state}", ack=True)
         elif running:
@@ -135,9 +173,9 @@ class Worker:
         try:
             info = kt.describe_topic(self.src_admin, rec.source_topic)
         except NotFoundError:
-            raise KafkaMirrorsError(f"source topic '{rec.source_topic}' no longer exists") from None
+            raise SourceTopicChanged(f"source topic '{rec.source_topic}' no longer exists") from None
         if rec.source_topic_id and info.topic_id != rec.source_topic_id:
-            raise KafkaMirrorsError(
+            raise SourceTopicChanged(
                 f"source topic '{rec.source_topic}' was re-created (topic ID {info.topic_id}, "
                 f"mirror made from {rec.source_topic_id})")
         configs = kt.topic_overrides(self.dst_admin, rec.topic)
@@ -158,7 +196,6 @@ class Worker:
         source = KafkaPartitionSource(self.feed, self.src_offsets, rec.source_topic, p)
         sink = KafkaPartitionSink(self.producers, self.dst_offsets, self.dst_admin.client, self.dst_conf,
                                   rec.topic, p, task.compacted)
-        sink.close_open_transaction()
         copier = PartitionCopier(source, sink, label=label, logger=logging.getLogger(f"kafka_mirrors.copy"))
         task.copiers[p] = copier
         try:
@@ -196,6 +233,8 @@ class Worker:
         log.error("[%s/%s%s] FAILED: %s", self.link.name, topic,
                   f"-p{partition}" if partition is not None else "", msg)
         self._stop_task(topic, "failed", ack=False)
+        if topic in self.known:
+            self.known[topic].state = st.FAILED
         self.store.set_state(topic, st.FAILED, reason=msg,
                              failed={"partition": partition, "offset": offset, "message": msg})
 
@@ -216,6 +255,9 @@ class Worker:
         return progressed
 
     def _follow_source_metadata(self) -> None:
+        for rec in list(self.known.values()):
+            if rec.state == st.ACTIVE and rec.topic not in self.tasks:
+                self._reconcile(rec)  # retry a mirror that could not start
         for topic, task in list(self.tasks.items()):
             rec = task.record
             try:

@@ -212,7 +212,13 @@ class SourceFeed:
             self.consumer.resume([TopicPartition(topic, partition)])
             buf.paused = False
         end = buf.end_offset if not buf.records else None
-        return FetchResult(recs, end)
+        hw = None
+        if end is not None:
+            # the high watermark from the last fetch response: tells the copier whether an
+            # open transaction lies beyond the last stable offset
+            hw = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1]
+            hw = hw if hw >= 0 else None
+        return FetchResult(recs, end, hw)
 
     def close(self) -> None:
         self.consumer.close()
@@ -230,6 +236,9 @@ class KafkaPartitionSource:
 
     def seek(self, offset: int) -> None:
         self.feed.seek(self.topic, self.partition, offset)
+
+    def log_start_offset(self) -> int:
+        return self.offset_reader.log_start_offset(self.topic, self.partition)
 
     def fetch(self, max_records: int, timeout: float) -> FetchResult:
         return self.feed.take(self.topic, self.partition, max_records, timeout)
@@ -329,13 +338,22 @@ class SinkProducers:
                 "batch.size": 16 * 1024 * 1024,
                 "batch.num.messages": 1000000,
                 "message.max.bytes": 8 * 1024 * 1024,
+                # a transaction left open by a crash is aborted by the broker after this
                 "transaction.timeout.ms": 15000,
-                "delivery.timeout.ms": self.delivery_timeout_ms,
+                "delivery.timeout.ms": min(self.delivery_timeout_ms, 15000),
             }))
             # fences an older copier of this partition and aborts what it left open
             p.init_transactions(30)
             self.transactional[key] = p
         return p
+
+    def purge(self) -> None:
+        """Drop every write not yet confirmed (after a stall, before starting over from
+        the destination's log end offset)."""
+        self.producer.purge()
+        self.producer.flush(5)
+        self.pending.clear()
+        self.confirmed.clear()
 
     def close(self, timeout: float = 10.0) -> None:
         self.producer.flush(timeout)
