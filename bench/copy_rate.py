@@ -12,11 +12,12 @@ with the reason; no number is ever made up.
 Phases, in order:
   preload   N records of 1 KiB, round robin over 6 partitions of the source topic
   raw       one idempotent acks=all producer writes the same N records into the destination
-  mm2       MirrorMaker 2 copies the topic (to src.<topic>); time until all N are there
+  mm2       MirrorMaker 2 (dedicated mode, tasks.max=6, its defaults otherwise) copies the topic (to src.<topic>); time until all N are there
   kafka-mirrors  link create, mirror create, `kafka-mirrors run --link`; time until the
             destination's log end offsets equal the source's
-  latency   for each copier, a producer paces 5 MB/s of 1 KiB records carrying their send
-            time into the source; a consumer on the destination computes the delay
+  latency   a producer paces 5 MB/s of 1 KiB records carrying their send time into the
+            source; a consumer on the destination computes the delay. Run once with no
+            copier (consumer on the source: the floor), then beside each copier.
 MB = 10^6 bytes of record values.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ BULK_TOPIC = "bench-bulk"
 # one latency topic per copier: a copier must not find the other's records there
 LATENCY_TOPIC_MM2 = "bench-latency-mm2"
 LATENCY_TOPIC_KM = "bench-latency-km"
+LATENCY_TOPIC_DIRECT = "bench-latency-direct"
 RAW_TOPIC = "bench-raw"
 MM2_NAME = "bench-mm2"
 LINK = "bench"
@@ -145,6 +147,14 @@ def bulk_produce(cluster: Cluster, topic: str, records: int, size: int, partitio
     def on_delivery(err, msg):
         if err is not None and len(errors) < 3:
             errors.append(str(err))
+
+    # Warm up first: a fresh producer spends up to a second getting its producer ID and the
+    # topic's metadata, which is start-up, not rate. The warm-up record goes to a topic of
+    # its own so `topic` holds exactly `records` records.
+    warmup = cluster.create_topic(f"bench-warmup-{uuid.uuid4().hex[:8]}")
+    producer.produce(warmup, b"warm-up", on_delivery=on_delivery)
+    producer.list_topics(topic, timeout=15)
+    producer.flush(30)
 
     start = time.monotonic()
     for i in range(records):
@@ -260,7 +270,12 @@ def measure_latency(system: str, src: Cluster, dst: Cluster, src_topic: str, dst
     grace_until = None
     try:
         while True:
-            for m in consumer.consume(num_messages=1000, timeout=0.2):
+            # poll() returns as soon as one record is there; consume(timeout=0) then drains
+            # what is already fetched. (consume(n, t) alone waits for n records or t seconds,
+            # which would add up to t to every latency.)
+            first = consumer.poll(0.2)
+            batch = [first, *consumer.consume(num_messages=1000, timeout=0)] if first is not None else []
+            for m in batch:
                 if m.error():
                     if m.error().code() in (KafkaError.UNKNOWN_TOPIC_OR_PART,
                                             KafkaError._UNKNOWN_PARTITION):
@@ -433,6 +448,12 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
 
 # ---------------------------------------------------------------- report
 
+def not_measured(system: str, reason: str) -> str:
+    if reason.startswith("skipped"):
+        return f"{system + ':':<34} {reason}"
+    return f"{system + ':':<34} not available ({reason})"
+
+
 def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -> None:
     print()
     print(f"Copy rate: {args.records:,} records of {args.record_size} B over {args.partitions} partitions"
@@ -446,7 +467,7 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
 
     for r in rates:
         if r.unavailable:
-            print(f"{r.system:<34} not available ({r.unavailable})")
+            print(not_measured(r.system, r.unavailable))
             continue
         mb = r.records_per_s * args.record_size / MB
         ratio = r.records_per_s / raw.records_per_s if raw.records_per_s and r is not raw else None
@@ -468,7 +489,7 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
     print("-" * len(head))
     for lat in latencies:
         if lat.unavailable:
-            print(f"{lat.system:<34} not available ({lat.unavailable})")
+            print(not_measured(lat.system, lat.unavailable))
             continue
         s = sorted(lat.samples_ms)
         if not s:
@@ -485,7 +506,7 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--records", type=int, default=200_000, help="records to copy (default 200000)")
+    ap.add_argument("--records", type=int, default=500_000, help="records to copy (default 500000)")
     ap.add_argument("--record-size", type=int, default=1024, help="value bytes per record (default 1024)")
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--latency-seconds", type=float, default=20.0,
@@ -518,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         src.create_topic(BULK_TOPIC, args.partitions)
         src.create_topic(LATENCY_TOPIC_MM2, args.partitions)
         src.create_topic(LATENCY_TOPIC_KM, args.partitions)
+        src.create_topic(LATENCY_TOPIC_DIRECT, args.partitions)
         dst.create_topic(RAW_TOPIC, args.partitions)
 
         log(f"preloading {args.records:,} records into {BULK_TOPIC} on the source")
@@ -529,6 +551,13 @@ def main(argv: list[str] | None = None) -> int:
         secs = bulk_produce(dst, RAW_TOPIC, args.records, args.record_size, args.partitions)
         raw = Rate("raw producer -> destination", args.records, secs, secs, time.process_time() - cpu0)
         rates.append(raw)
+
+        if args.latency_seconds > 0:
+            # the floor: the same producer and consumer with no copier between them
+            log(f"direct latency (no copier) at {args.mb_per_s:g} MB/s for {args.latency_seconds:g}s")
+            latencies.append(measure_latency("direct, no copier (floor)", src, src, LATENCY_TOPIC_DIRECT,
+                                             LATENCY_TOPIC_DIRECT, args.partitions, args.latency_seconds,
+                                             args.mb_per_s, args.record_size, None))
 
         if args.skip_mm2:
             rates.append(Rate("MirrorMaker 2 (tasks.max=6)", unavailable="skipped (--skip-mm2)"))
