@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     local_env = dict(os.environ)
     local = LocalKafka(SCRIPT, STATE)
     # the registry and worker log of this run; kept after it for a look at the log
-    workdir = STATE / "kafka-mirrors"
+    workdir = ROOT / ".cache" / "bench-kafka-mirrors"  # beside STATE: kafka-local lists every folder in it
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     rates: list[Rate] = []
