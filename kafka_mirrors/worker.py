@@ -114,7 +114,10 @@ class Worker:
                     self._heartbeat()
                     next_beat = now + HEARTBEAT_S
                 if now >= next_meta:
-                    self._follow_source_metadata()
+                    try:
+                        self._follow_source_metadata()
+                    except (KafkaMirrorsError, KafkaException) as exc:
+                        log.warning("[%s] following source metadata: %s", self.link.name, exc)
                     next_meta = now + METADATA_S
                 if not progressed:
                     # nothing to do anywhere: wait for the source instead of spinning
@@ -196,13 +199,13 @@ class Worker:
         source = KafkaPartitionSource(self.feed, self.src_offsets, rec.source_topic, p)
         sink = KafkaPartitionSink(self.producers, self.dst_offsets, self.dst_admin.client, self.dst_conf,
                                   rec.topic, p, task.compacted)
-        copier = PartitionCopier(source, sink, label=label, logger=logging.getLogger(f"kafka_mirrors.copy"))
-        task.copiers[p] = copier
+        copier = PartitionCopier(source, sink, label=label, logger=logging.getLogger("kafka_mirrors.copy"))
         try:
             copier.start()
         except PartitionFailed as exc:
             exc.partition = p
             raise
+        task.copiers[p] = copier
 
     def _add_destination_partitions(self, topic: str, count: int) -> None:
         from confluent_kafka.admin import NewPartitions
@@ -272,15 +275,20 @@ class Worker:
                 self._fail(topic, None, KafkaMirrorsError(
                     f"source topic '{rec.source_topic}' was re-created (new topic ID {info.topic_id})"))
                 continue
-            if info.partitions > len(task.copiers):
-                self._add_destination_partitions(topic, info.partitions)
-                for p in range(len(task.copiers), info.partitions):
-                    try:
-                        self._start_partition(task, p)
-                    except PartitionFailed as exc:
-                        self._fail(topic, p, exc)
-                        break
-                log.info("[%s/%s] source grew to %d partitions", self.link.name, topic, info.partitions)
+            missing = [p for p in range(info.partitions) if p not in task.copiers]
+            if not missing:
+                continue
+            try:
+                if kt.describe_topic(self.dst_admin, topic).partitions < info.partitions:
+                    self._add_destination_partitions(topic, info.partitions)
+                for p in missing:
+                    self._start_partition(task, p)
+                    log.info("[%s/%s-p%d] new source partition: copying", self.link.name, topic, p)
+            except PartitionFailed as exc:
+                self._fail(topic, getattr(exc, "partition", None), exc)
+            except KafkaMirrorsError as exc:
+                # e.g. the new partitions have no leader yet: the next tick tries again
+                log.info("[%s/%s] new partitions not ready yet: %s", self.link.name, topic, exc)
 
     # ------------------------------------------------------------ reporting
 

@@ -180,7 +180,12 @@ class SourceFeed:
         self.add(topic, partition, offset)
 
     def pump(self, timeout: float) -> int:
-        msgs = self.consumer.consume(self.batch, timeout)
+        # consume(n, timeout) waits for n messages or the whole timeout: wait for the
+        # first message only, then take what is already there
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return 0
+        msgs = [first, *self.consumer.consume(self.batch - 1, 0)]
         buffers = self.buffers
         for m in msgs:
             key = (m.topic(), m.partition())
