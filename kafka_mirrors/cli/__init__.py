@@ -84,6 +84,11 @@ def _register() -> None:
 
     app.command("run")(run.run)
 
+    from kafka_mirrors.cli import dr
+
+    app.command("promote")(dr.promote)
+    app.command("failover")(dr.failover)
+
 
 _register()
 

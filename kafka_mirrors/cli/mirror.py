@@ -102,3 +102,12 @@ def describe(
     check_options(check, max_lag)
     view = describe_view(resolve_registry(app_), link, topic)
     render_and_check(app_, view, output, check, max_lag)
+
+
+# DR commands live in their own module; they are also top-level (promote, failover).
+from kafka_mirrors.cli import dr as _dr  # noqa: E402
+
+app.command("pause")(_dr.pause)
+app.command("resume")(_dr.resume)
+app.command("promote")(_dr.promote)
+app.command("failover")(_dr.failover)

@@ -1,0 +1,289 @@
+"""DR operations on mirrors (DESIGN.md section 3): pause and resume, promote (planned:
+the source is reachable and the mirror reaches lag 0 first) and failover (disaster: the
+source is never contacted; stop now and report what may be lost).
+
+Promote and failover fence the workers through the state store: the mirror goes to
+PENDING_STOPPED, every live worker copying it stops its copiers (flushing in-flight
+writes) and acknowledges, and only then is the mirror marked STOPPED with the offsets it
+stopped at. A worker that does not acknowledge within the bound is named in the result.
+
+Services return plain rows (dicts) and never print; the CLI renders them. The pure parts
+(which workers are live, who still owes an ack, the per-partition RPO) are unit tested.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Iterable
+
+from kafka_mirrors.errors import KafkaMirrorsError, UsageError
+from kafka_mirrors.mirrors import _worker_partitions, resolve_mirror_name
+from kafka_mirrors.state import ACTIVE, FAILED, PAUSED, PENDING_STOPPED, STOPPED, StateSnapshot, StateStore
+
+# A worker whose heartbeat (every 2 s) is older than this is presumed dead: nobody waits
+# for its acknowledgement.
+WORKER_ALIVE_S = 10.0
+# How long promote/failover wait for the live workers to acknowledge the stop.
+ACK_WAIT_S = 10.0
+POLL_S = 0.3
+
+
+# ---------------------------------------------------------------- pure helpers
+
+def live_workers_for(snap: StateSnapshot, topic: str, now: float, alive_s: float = WORKER_ALIVE_S) -> list[str]:
+    """Workers with a fresh heartbeat that list a partition of `topic`: those must ack."""
+    out = []
+    for wid, w in snap.workers.items():
+        if now - float(w.get("heartbeat_at") or 0) > alive_s:
+            continue
+        if any(t == topic for t, _ in _worker_partitions(w)):
+            out.append(wid)
+    return sorted(out)
+
+
+def missing_acks(snap: StateSnapshot, topic: str, workers: Iterable[str], since: float) -> list[str]:
+    """The workers that have not acknowledged a stop of `topic` written at `since`."""
+    out = []
+    for wid in workers:
+        ack = snap.acks.get((topic, wid)) or {}
+        if ack.get("state") != "stopped" or float(ack.get("at") or 0) < since:
+            out.append(wid)
+    return sorted(out)
+
+
+def last_known_source_offset(progress: dict | None) -> int | None:
+    """The newest source offset a worker reported for a partition, if it reports one."""
+    progress = progress or {}
+    for key in ("source_last_stable_offset", "source_high_watermark", "source_log_end_offset"):
+        if isinstance(progress.get(key), int):
+            return progress[key]
+    return None
+
+
+def partition_rpo(destination_log_end_offset: int, last_source_offset: int | None) -> int | None:
+    """Records possibly lost: what the source was known to hold beyond what was copied."""
+    if last_source_offset is None:
+        return None
+    return max(0, last_source_offset - destination_log_end_offset)
+
+
+# ---------------------------------------------------------------- selection
+
+def _timeout(link) -> float:
+    return float(link.option("request.timeout.s"))
+
+
+def _store(link) -> StateStore:
+    return StateStore(link.destination.client_config(), link.name, _timeout(link))
+
+
+def _dst_admin(link):
+    from kafka_mirrors.kafka.admin import Admin
+    dst = link.destination.client_config()
+    return Admin(dst, f"destination cluster {dst.get('bootstrap.servers', '?')}", _timeout(link))
+
+
+def _src_admin(link):
+    from kafka_mirrors.kafka.admin import Admin
+    src = link.source.client_config()
+    return Admin(src, f"source cluster {src.get('bootstrap.servers', '?')}", _timeout(link))
+
+
+def select(snap: StateSnapshot, link, names: list[str], all_: bool, allowed: tuple[str, ...],
+           verb: str) -> tuple[list[str], list[dict]]:
+    """(mirror topics to act on, error rows) for TOPIC... or --all. --all takes the
+    mirrors in an allowed state; a named mirror in another state is an error row."""
+    if all_ and names:
+        raise UsageError("give TOPIC... or --all, not both")
+    if not all_ and not names:
+        raise UsageError(f"nothing to {verb}: give TOPIC... or --all")
+    if all_:
+        return sorted(t for t, r in snap.mirrors.items() if r.state in allowed), []
+    chosen, errors = [], []
+    for name in names:
+        try:
+            topic = resolve_mirror_name(snap, link, name)
+        except KafkaMirrorsError as exc:
+            errors.append({"topic": name, "ok": False, "error": str(exc)})
+            continue
+        state = snap.mirrors[topic].state
+        if state not in allowed:
+            errors.append({"topic": topic, "ok": False, "state": state,
+                           "error": f"mirror '{topic}' is {state}; {verb} needs {' or '.join(allowed)}"})
+        elif topic not in chosen:
+            chosen.append(topic)
+    return chosen, errors
+
+
+# ---------------------------------------------------------------- pause / resume
+
+def _transition(link, names, all_, allowed, to_state, verb) -> list[dict]:
+    store = _store(link)
+    try:
+        snap = store.snapshot()
+        chosen, rows = select(snap, link, names, all_, allowed, verb)
+        for topic in chosen:
+            try:
+                rec = store.set_state(topic, to_state, reason=verb)
+                rows.append({"topic": topic, "ok": True, "state": rec.state, "error": None})
+            except KafkaMirrorsError as exc:
+                rows.append({"topic": topic, "ok": False, "error": str(exc)})
+        return sorted(rows, key=lambda r: r["topic"])
+    finally:
+        store.close()
+
+
+def pause(link, names: list[str], all_: bool = False) -> list[dict]:
+    """ACTIVE -> PAUSED; the worker stops copying those mirrors."""
+    return _transition(link, names, all_, (ACTIVE,), PAUSED, "pause")
+
+
+def resume(link, names: list[str], all_: bool = False) -> list[dict]:
+    """PAUSED -> ACTIVE; the worker resumes from the destination log end offset."""
+    return _transition(link, names, all_, (PAUSED,), ACTIVE, "resume")
+
+
+# ---------------------------------------------------------------- fencing
+
+def _fence(store: StateStore, topics: list[str], reason: str, ack_wait: float,
+           clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> dict[str, dict]:
+    """PENDING_STOPPED for every topic, then wait (bounded) until each live worker copying
+    it acknowledged. Returns {topic: {"workers": [...], "not_acked": [...]}}."""
+    before = store.snapshot()
+    now = clock()
+    owed = {t: live_workers_for(before, t, now) for t in topics}
+    since = {}
+    for t in topics:
+        rec = store.set_state(t, PENDING_STOPPED, reason=reason)
+        since[t] = rec.updated_at
+    pending = {t: list(w) for t, w in owed.items()}
+    deadline = clock() + ack_wait
+    while any(pending.values()) and clock() < deadline:
+        sleep(POLL_S)
+        snap = store.snapshot()
+        pending = {t: missing_acks(snap, t, w, since[t]) for t, w in pending.items()}
+    return {t: {"workers": owed[t], "not_acked": pending[t]} for t in topics}
+
+
+def _destination_ends(admin, topic: str) -> dict[int, int]:
+    from kafka_mirrors.kafka import topics as kt
+    info = kt.describe_topic(admin, topic)
+    return kt.list_offsets(admin, topic, range(info.partitions), "latest")
+
+
+# ---------------------------------------------------------------- failover
+
+def failover(link, names: list[str], all_: bool = False, ack_wait: float = ACK_WAIT_S) -> list[dict]:
+    """Stop the mirrors now, whatever their lag, using the destination only. One row per
+    topic: partitions with destination log end offset, last known source offset and
+    records possibly lost (null when the source offset was never reported)."""
+    store = _store(link)
+    try:
+        snap = store.snapshot()
+        chosen, rows = select(snap, link, names, all_, (ACTIVE, PAUSED, PENDING_STOPPED, FAILED), "failover")
+        if not chosen:
+            return rows
+        fenced = _fence(store, chosen, "failover", ack_wait)
+        after = store.snapshot()
+        admin = _dst_admin(link)
+        for topic in chosen:
+            try:
+                ends = _destination_ends(admin, topic)
+                parts = {}
+                for p, leo in sorted(ends.items()):
+                    src = last_known_source_offset(after.progress.get((topic, p)))
+                    parts[str(p)] = {"destination_log_end_offset": leo, "last_known_source_offset": src,
+                                     "records_possibly_lost": partition_rpo(leo, src)}
+                stopped = {"reason": "failed over", "at": time.time(), "partitions": parts,
+                           "workers_not_acked": fenced[topic]["not_acked"]}
+                store.set_state(topic, STOPPED, reason="failed over", stopped=stopped)
+                rows.append(_stopped_row(topic, stopped, fenced[topic]))
+            except KafkaMirrorsError as exc:
+                rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc)})
+        return sorted(rows, key=lambda r: r["topic"])
+    finally:
+        store.close()
+
+
+def _stopped_row(topic: str, stopped: dict, fence: dict) -> dict:
+    known = [v["records_possibly_lost"] for v in stopped["partitions"].values()]
+    return {"topic": topic, "ok": True, "state": STOPPED, "error": None, "reason": stopped["reason"],
+            "partitions": stopped["partitions"], "workers": fence["workers"],
+            "workers_not_acked": fence["not_acked"],
+            "records_possibly_lost": None if any(k is None for k in known) else sum(known)}
+
+
+# ---------------------------------------------------------------- promote
+
+def _lags(src_admin, dst_admin, source_topic: str, topic: str) -> dict[int, tuple[int, int]]:
+    """{partition: (source last stable offset, destination log end offset)}."""
+    from kafka_mirrors.kafka import topics as kt
+    info = kt.describe_topic(src_admin, source_topic)
+    lso = kt.list_offsets(src_admin, source_topic, range(info.partitions), "last_stable")
+    dst = _destination_ends(dst_admin, topic)
+    return {p: (lso[p], dst.get(p, 0)) for p in sorted(lso)}
+
+
+def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
+            ack_wait: float = ACK_WAIT_S) -> list[dict]:
+    """Wait until every partition's destination log end offset reaches the source's last
+    stable offset (at most `timeout` s), then fence the workers and mark STOPPED
+    ("promoted"). A mirror that cannot reach lag 0 is left as it was."""
+    store = _store(link)
+    try:
+        snap = store.snapshot()
+        chosen, rows = select(snap, link, names, all_, (ACTIVE, PAUSED), "promote")
+        if not chosen:
+            return rows
+        src_admin, dst_admin = _src_admin(link), _dst_admin(link)
+        deadline = time.monotonic() + timeout
+        ready: dict[str, dict] = {}
+        waiting = {t: None for t in chosen}
+        while waiting:
+            for topic in list(waiting):
+                try:
+                    offs = _lags(src_admin, dst_admin, snap.mirrors[topic].source_topic, topic)
+                except KafkaMirrorsError as exc:
+                    rows.append({"topic": topic, "ok": False, "state": snap.mirrors[topic].state,
+                                 "error": f"mirror '{topic}' not promoted: {exc}"})
+                    del waiting[topic]
+                    continue
+                if all(dst >= src for src, dst in offs.values()):
+                    ready[topic] = offs
+                    del waiting[topic]
+                else:
+                    waiting[topic] = offs
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_S)
+        now = time.time()
+        for topic, offs in waiting.items():
+            lag = sum(max(0, s - d) for s, d in (offs or {}).values())
+            state = snap.mirrors[topic].state
+            if state == PAUSED:
+                hint = f"run 'kafka-mirrors mirror resume {topic} --link {link.name}' and a worker first"
+            elif not live_workers_for(store.snapshot(), topic, now):
+                hint = f"no worker is copying it; run 'kafka-mirrors run --link {link.name}', then promote again"
+            else:
+                hint = "wait for the producers on the source to stop, or pass a longer --timeout"
+            rows.append({"topic": topic, "ok": False, "state": state,
+                         "error": f"mirror '{topic}' not promoted: still {lag} record(s) behind the source's "
+                                  f"last stable offset after {timeout:g} s; state unchanged ({state}); {hint}"})
+        if ready:
+            fenced = _fence(store, sorted(ready), "promote", ack_wait)
+            for topic in sorted(ready):
+                try:
+                    offs = _lags(src_admin, dst_admin, snap.mirrors[topic].source_topic, topic)
+                    parts = {str(p): {"destination_log_end_offset": d, "last_known_source_offset": s,
+                                      "records_possibly_lost": max(0, s - d)} for p, (s, d) in offs.items()}
+                    stopped = {"reason": "promoted", "at": time.time(), "partitions": parts,
+                               "workers_not_acked": fenced[topic]["not_acked"]}
+                    store.set_state(topic, STOPPED, reason="promoted", stopped=stopped)
+                    rows.append(_stopped_row(topic, stopped, fenced[topic]))
+                except KafkaMirrorsError as exc:
+                    rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED,
+                                 "error": f"mirror '{topic}' left PENDING_STOPPED: {exc}; "
+                                          f"run 'kafka-mirrors failover {topic} --link {link.name}' to finish"})
+        return sorted(rows, key=lambda r: r["topic"])
+    finally:
+        store.close()
+
