@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
 from kafka_mirrors import state as st
 from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError
@@ -216,16 +216,23 @@ class Worker:
         log.info("[%s/%s] destination now has %d partitions", self.link.name, topic, count)
 
     def _stop_task(self, topic: str, why: str, ack: bool) -> None:
-        task = self.tasks.pop(topic, None)
+        task = self.tasks.get(topic)
         if task is None:
             return
+        final = {}
         for p, copier in task.copiers.items():
             try:
                 copier.stop(STOP_FLUSH_S)
             except KafkaMirrorsError as exc:
                 log.error("[%s/%s-p%d] stop: %s", self.link.name, topic, p, exc)
+            final[(topic, p)] = self._progress(topic, p, copier)
             self.feed.remove(task.record.source_topic, p)
-            self._put_progress(topic, p, copier)
+        del self.tasks[topic]
+        try:
+            if final:
+                self.store.put_progress_many(final)
+        except KafkaMirrorsError as exc:
+            log.warning("[%s/%s] final progress not written: %s", self.link.name, topic, exc)
         log.info("[%s/%s] stopped copying: %s", self.link.name, topic, why)
         if ack:
             self.store.ack(topic, self.worker_id, "stopped")
@@ -292,9 +299,18 @@ class Worker:
 
     # ------------------------------------------------------------ reporting
 
-    def _progress(self, copier: PartitionCopier) -> dict:
+    def _progress(self, topic: str, p: int, copier: PartitionCopier) -> dict:
         pr = copier.progress
+        # the source's high watermark as of the last fetch response: no request, and it is
+        # what failover reports as the last known source offset when the source is gone
+        source_hw = None
+        task = self.tasks.get(topic)
+        if task is not None and self.feed is not None:
+            hw = self.feed.consumer.get_watermark_offsets(
+                TopicPartition(task.record.source_topic, p), cached=True)[1]
+            source_hw = hw if hw >= 0 else None
         return {
+            "source_high_watermark": source_hw,
             "next_offset": pr.next_offset,
             "records_copied": pr.records_copied,
             "fillers_written": pr.fillers_written,
@@ -303,12 +319,9 @@ class Worker:
             "updated_at": time.time(),
         }
 
-    def _put_progress(self, topic: str, p: int, copier: PartitionCopier) -> None:
-        self.store.put_progress(topic, p, self._progress(copier))
-
     def _heartbeat(self, final: bool = False) -> None:
         try:
-            many = {(topic, p): self._progress(copier)
+            many = {(topic, p): self._progress(topic, p, copier)
                     for topic, task in self.tasks.items() for p, copier in task.copiers.items()}
             if many:
                 self.store.put_progress_many(many)

@@ -8,7 +8,7 @@ import typer
 from kafka_mirrors.cli.application import Application, OutputFormat
 from kafka_mirrors.cli.describe import check_options, render_and_check
 
-app = typer.Typer(help="Create, list and describe mirror topics.", no_args_is_help=True)
+app = typer.Typer(help="Create, list, describe, pause, resume, promote and fail over mirror topics.", no_args_is_help=True)
 
 
 @app.command("create")

@@ -393,6 +393,7 @@ class KafkaPartitionSink:
         below the log end offset), it may be ours, left by a crash. Initialising our
         transactional producer fences that copier and aborts it; then wait for the marker,
         so the checkpoint read next is final."""
+        self._finish_head_deletion()
         if self.last_stable_offset() >= self.log_end_offset():
             return
         self.producers.txn_producer(self.topic, self.partition)
@@ -403,6 +404,24 @@ class KafkaPartitionSink:
                     f"{self.topic}-{self.partition} on the destination has a transaction open that is "
                     f"not ours (last stable offset stays below the log end offset)")
             time.sleep(0.05)
+
+    def _finish_head_deletion(self, max_scan: int = 200_000) -> None:
+        """Fillers are written at the head only to be deleted (DeleteRecords) right after.
+        A crash between the two leaves them readable at the log start: finish the job.
+        Fillers elsewhere are never at the log start, so nothing else is touched."""
+        start, end = self.log_start_offset(), self.log_end_offset()
+        if start >= end or self.filler_key is not None:
+            return  # (compacted mirrors cannot delete records; see delete_records_before)
+        head = read_range(self.dest_conf, self.topic, self.partition, start, min(end, start + max_scan))
+        cut = start
+        for r in head:
+            if r.offset != cut or not any(k == FILLER_HEADER for k, _ in r.headers):
+                break
+            cut = r.offset + 1
+        if cut > start:
+            log.warning("[%s-%d] finishing an interrupted head deletion: fillers at offsets %d..%d",
+                        self.topic, self.partition, start, cut - 1)
+            self.delete_records_before(cut)
 
     # -- fast path
     def produce(self, records: Sequence[Record]) -> None:
@@ -471,6 +490,13 @@ class KafkaPartitionSink:
         return bad[0] if bad else confs[0]
 
     def delete_records_before(self, offset: int) -> None:
+        if self.filler_key is not None:
+            # Kafka refuses DeleteRecords on compact-only topics (POLICY_VIOLATION). The
+            # fillers stay: null-value records under a reserved key, i.e. tombstones that
+            # read_committed consumers see until the log cleaner removes them.
+            log.warning("[%s-%d] compacted mirror: fillers before offset %d stay as tombstones "
+                        "(DeleteRecords is not allowed on compacted topics)", self.topic, self.partition, offset)
+            return
         futs = self.admin.delete_records([TopicPartition(self.topic, self.partition, offset)],
                                          request_timeout=30, operation_timeout=30)
         for f in futs.values():

@@ -176,7 +176,11 @@ def test_compacted_source_after_cleaning(mirroring, source, destination):
     mirroring.mirror(topic)
     mirroring.start_worker()
     mirroring.wait_caught_up(topic)
-    mt.assert_identical(source, destination, topic, topic, partitions=1)
+    # the source's first offset was compacted away; with no record before it, the mirror
+    # can only fill it with a tombstone filler (DeleteRecords is refused on compacted topics)
+    visible = mt.assert_identical(source, destination, topic, topic, partitions=1,
+                                  same_log_start=False, ignore_destination_fillers=True)
+    assert visible <= 1
 
 
 # ------------------------------------------------------------------ 4. transactional source
@@ -311,7 +315,8 @@ def test_sigkill_during_gapped_copies_never_leaves_a_silent_hole(mirroring, sour
             assert rec.failed and isinstance(rec.failed.get("offset"), int), rec.failed
             failed.append((t, rec.failed))
         else:
-            mt.assert_identical(source, destination, t, t, same_log_start=False)
+            mt.assert_identical(source, destination, t, t, same_log_start=False,
+                                ignore_destination_fillers=True)
     record_property("kills", kills)
     record_property("failed_partitions", repr(failed))
     print(f"\n{kills} kills: {len(failed)} mirror(s) FAILED naming a cut one-record transaction: {failed}")
