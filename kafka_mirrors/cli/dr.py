@@ -105,8 +105,9 @@ def _stopped_text(a: Application):
             if not r["ok"]:
                 continue
             lost = r["records_possibly_lost"]
+            # with no live worker the last reported source offset may be stale: a lower bound
             a.print(f"{r['topic']}: STOPPED ({r['reason']}); records possibly lost: "
-                    + ("unknown" if lost is None else str(lost)))
+                    + ("unknown" if lost is None else (str(lost) if r["workers"] else f"at least {lost}")))
             if lost is None:
                 a.print(f"  the source offset of some partitions was never reported by a worker, so what "
                         f"may be lost there is unknown")
