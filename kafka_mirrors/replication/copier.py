@@ -75,6 +75,7 @@ class PartitionCopier:
         max_in_flight: int | None = None,
         write_timeout: float = 30.0,
         retention_check_interval: float = 30.0,
+        idle_check_interval: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._source = source
@@ -86,6 +87,11 @@ class PartitionCopier:
         self._max_in_flight = max_in_flight if max_in_flight is not None else 4 * max_batch
         self._write_timeout = write_timeout
         self._retention_check_interval = retention_check_interval
+        # Idle steps come many times a second (the worker steps every partition in turn);
+        # the checks that cost a ListOffsets request run at most once per interval.
+        self._idle_check_interval = idle_check_interval
+        self._last_idle_check = float("-inf")
+        self._last_offsets_probe = float("-inf")
         self._clock = clock
 
         self._started = False
@@ -210,6 +216,10 @@ class PartitionCopier:
             return  # caught up and nothing held: the common idle step costs no request
         high_watermark = result.high_watermark
         if end_offset is None or high_watermark is None:
+            now = self._clock()
+            if now - self._last_offsets_probe < self._idle_check_interval:
+                return
+            self._last_offsets_probe = now
             offsets = self._source.offsets()
             if high_watermark is None:
                 high_watermark = offsets.high_watermark
@@ -386,6 +396,10 @@ class PartitionCopier:
     def _idle_checks(self) -> None:
         if self._in_flight or self._batch:
             return
+        now = self._clock()
+        if now - self._last_idle_check < self._idle_check_interval:
+            return
+        self._last_idle_check = now
         log_end = self._sink.log_end_offset()
         if log_end > self._next:
             self._fail(
@@ -399,7 +413,6 @@ class PartitionCopier:
                 f"the destination log end offset went back to {log_end} from {self._next} "
                 "(truncated or re-created?)",
             )
-        now = self._clock()
         if now - self._last_retention_check >= self._retention_check_interval:
             self._last_retention_check = now
             self._follow_retention(self._source_log_start())

@@ -20,6 +20,7 @@ LOG = logging.getLogger("kafka_mirrors.test.copier")
 def copier(source, sink, **kw) -> PartitionCopier:
     kw.setdefault("label", "dr/orders-p3")
     kw.setdefault("retention_check_interval", 0.0)
+    kw.setdefault("idle_check_interval", 0.0)
     return PartitionCopier(source, sink, logger=LOG, **kw)
 
 
@@ -567,3 +568,41 @@ def test_lone_empty_offset_at_the_destination_head_vanishes():
     assert dst.log_end_offset == src.log_end_offset
     assert dst.log_start_offset == 3  # the lone offset 2 was filled, then deleted
     assert c.progress.counters.get("visible_fillers", 0) == 0
+
+
+def test_idle_requests_are_rate_limited_and_a_foreign_write_is_still_caught():
+    """An idle partition is stepped many times a second by the worker: the checks that
+    cost a ListOffsets request (destination log end offset, source offsets) run at most
+    once per idle_check_interval, and still catch a foreign write when it comes due."""
+    now = [100.0]
+    src = FakePartitionLog()
+    for i in range(20):
+        src.append(b"k", b"%d" % i)
+    dst, c, sink = mirror(src, idle_check_interval=1.0, clock=lambda: now[0])
+
+    class CountingSink:
+        def __init__(self, inner):
+            self.inner, self.log_end_calls = inner, 0
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def log_end_offset(self):
+            self.log_end_calls += 1
+            return self.inner.log_end_offset()
+
+    counting = CountingSink(sink)
+    c._sink = counting
+    source = c._source
+    offsets_before = source.offsets_calls
+    for _ in range(50):
+        c.step(0.0)
+    assert counting.log_end_calls <= 1
+    assert source.offsets_calls - offsets_before <= 1
+
+    dst.append(b"intruder", b"!")  # lands at 20
+    c.step(0.0)  # within the interval: not looked at yet
+    now[0] += 1.5
+    with pytest.raises(PartitionFailed) as failed:
+        c.step(0.0)
+    assert failed.value.offset == 20
