@@ -74,3 +74,14 @@ def cli(registry_path, monkeypatch):
         return runner.invoke(app, list(args), input=input, env=env, catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture
+def mirroring(cli, registry_path, source, destination, tmp_path):
+    """A link between `source` and `destination` with helpers for mirrors and workers;
+    every worker it started is stopped at teardown."""
+    from tests.mirroring import Mirroring
+
+    m = Mirroring(cli, registry_path, source, destination, tmp_path)
+    yield m
+    m.stop_all()

@@ -3,12 +3,7 @@ unreachable), the refusals (lag not reachable, no terminal without --yes)."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import pytest
 
@@ -18,87 +13,19 @@ from tests import mirrortools as mt
 pytestmark = pytest.mark.integration
 
 
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-class Link:
-    """A link between the fixtures' clusters, its mirrors and its worker processes."""
-
-    def __init__(self, cli, registry_path: Path, source, destination, tmp_path: Path):
-        self.cli, self.registry_path = cli, registry_path
-        self.source, self.destination, self.tmp_path = source, destination, tmp_path
-        self.name = _name("dr")
-        self.procs: list[subprocess.Popen] = []
-        r = cli("link", "create", self.name, "--source", source.bootstrap, "--destination", destination.bootstrap)
-        assert r.exit_code == 0, r.stderr
-
-    def mirror(self, partitions: int = 2, records: int = 0) -> str:
-        topic = self.source.create_topic(_name("t"), partitions=partitions)
-        if records:
-            mt.produce_records(self.source, topic, mt.make_records(records, seed=3), partitions=partitions)
-        r = self.cli("mirror", "create", topic, "--link", self.name)
-        assert r.exit_code == 0, r.stderr
-        return topic
-
-    def start_worker(self) -> subprocess.Popen:
-        log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "kafka_mirrors", "--registry", str(self.registry_path),
-                              "run", "--link", self.name], stdout=log, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL)
-        self.procs.append(p)
-        return p
-
-    def stop_worker(self, p: subprocess.Popen) -> None:
-        p.send_signal(signal.SIGTERM)
-        assert p.wait(30) == 0
-
-    def stop_all(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait(10)
-
-    def record(self, topic: str) -> st.MirrorRecord:
-        store = st.StateStore(self.destination.conf(), self.name)
-        try:
-            return store.snapshot().mirrors[topic]
-        finally:
-            store.close()
-
-    def ends(self, cluster, topic: str) -> dict[int, int]:
-        return mt.log_end_offsets(cluster, topic)
-
-    def wait_caught_up(self, topic: str, timeout: float = 60.0) -> None:
-        mt.wait_until(lambda: self.ends(self.source, topic) == self.ends(self.destination, topic), timeout,
-                      f"{topic} to catch up")
-
-    def wait_worker_serving(self, topic: str, timeout: float = 30.0) -> None:
-        def serving():
-            store = st.StateStore(self.destination.conf(), self.name)
-            try:
-                return any(any(str(p).startswith(topic + "-") for p in w.get("partitions") or [])
-                           for w in store.snapshot().workers.values())
-            finally:
-                store.close()
-        mt.wait_until(serving, timeout, f"a worker heartbeat listing {topic}", interval=0.5)
-
-
 @pytest.fixture
-def dr(cli, registry_path, source, destination, tmp_path):
-    link = Link(cli, registry_path, source, destination, tmp_path)
-    yield link
-    link.stop_all()
+def dr(mirroring):
+    return mirroring
 
 
 def test_pause_stops_copying_and_resume_catches_up(dr, cli, source, destination):
-    topic = dr.mirror(partitions=2, records=200)
+    topic = dr.new_mirror(partitions=2, records=200)
     dr.start_worker()
     dr.wait_caught_up(topic)
     r = cli("mirror", "pause", topic, "--link", dr.name)
     assert r.exit_code == 0, r.stderr
     assert f"paused {topic}: PAUSED" in r.stdout
-    mt.wait_until(lambda: (dr.record(topic).state == st.PAUSED), 10, "PAUSED")
+    mt.wait_until(lambda: (dr.state(topic).state == st.PAUSED), 10, "PAUSED")
     # the worker acknowledges the stop once its copiers are flushed
     store = st.StateStore(destination.conf(), dr.name)
     mt.wait_until(lambda: any(t == topic for t, _ in store.snapshot().acks), 20, "the worker's ack")
@@ -117,23 +44,23 @@ def test_pause_stops_copying_and_resume_catches_up(dr, cli, source, destination)
 
 
 def test_pause_unknown_mirror_fails_row(dr, cli):
-    topic = dr.mirror(partitions=1)
+    topic = dr.new_mirror(partitions=1)
     r = cli("mirror", "pause", topic, "nope-" + topic, "--link", dr.name)
     assert r.exit_code == 1
     assert f"paused {topic}: PAUSED" in r.stdout
     assert f"mirror 'nope-{topic}' of link '{dr.name}' not found" in r.stderr
-    assert dr.record(topic).state == st.PAUSED
+    assert dr.state(topic).state == st.PAUSED
 
 
 def test_promote_after_producers_stop(dr, cli, source, destination):
-    topic = dr.mirror(partitions=2, records=300)
+    topic = dr.new_mirror(partitions=2, records=300)
     worker = dr.start_worker()
     dr.wait_worker_serving(topic)
     r = cli("promote", topic, "--link", dr.name, "--yes", "--timeout", "60", "--output", "json")
     assert r.exit_code == 0, r.stderr
     row = json.loads(r.stdout)["topics"][0]
     assert row["state"] == st.STOPPED and row["workers_not_acked"] == [] and row["workers"]
-    rec = dr.record(topic)
+    rec = dr.state(topic)
     assert (rec.state, rec.reason, rec.stopped["reason"]) == (st.STOPPED, "promoted", "promoted")
     mt.assert_identical(source, destination, topic, topic, partitions=2)
     # the destination is now an ordinary topic: a producer writes, the worker leaves it be
@@ -143,20 +70,20 @@ def test_promote_after_producers_stop(dr, cli, source, destination):
     assert worker.poll() is None
     after = dr.ends(destination, topic)
     assert after == {0: ends[0] + 1, 1: ends[1]}
-    assert dr.record(topic).state == st.STOPPED
+    assert dr.state(topic).state == st.STOPPED
 
 
 def test_promote_without_worker_fails_and_changes_nothing(dr, cli):
-    topic = dr.mirror(partitions=1, records=50)
+    topic = dr.new_mirror(partitions=1, records=50)
     r = cli("mirror", "promote", topic, "--link", dr.name, "--yes", "--timeout", "1")
     assert r.exit_code == 1
     assert "not promoted: still 50 record(s) behind" in r.stderr
     assert f"run 'kafka-mirrors run --link {dr.name}'" in r.stderr
-    assert dr.record(topic).state == st.ACTIVE
+    assert dr.state(topic).state == st.ACTIVE
 
 
 def test_failover_with_worker_running_and_source_down(dr, cli, source, destination, registry_path):
-    topic = dr.mirror(partitions=2, records=200)
+    topic = dr.new_mirror(partitions=2, records=200)
     worker = dr.start_worker()
     dr.wait_caught_up(topic)
     dr.wait_worker_serving(topic)
@@ -172,13 +99,13 @@ def test_failover_with_worker_running_and_source_down(dr, cli, source, destinati
     assert took < 10, took  # the worker acked promptly: no waiting for the bound
     dst = dr.ends(destination, topic)
     assert {int(p): v["destination_log_end_offset"] for p, v in row["partitions"].items()} == dst
-    rec = dr.record(topic)
+    rec = dr.state(topic)
     assert (rec.state, rec.reason, rec.stopped["reason"]) == (st.STOPPED, "failed over", "failed over")
     assert worker.poll() is None
 
 
 def test_failover_without_worker_reports_offsets(dr, cli, source, destination):
-    topic = dr.mirror(partitions=1, records=100)
+    topic = dr.new_mirror(partitions=1, records=100)
     worker = dr.start_worker()
     dr.wait_caught_up(topic)
     dr.stop_worker(worker)
@@ -191,16 +118,16 @@ def test_failover_without_worker_reports_offsets(dr, cli, source, destination):
     # it stopped (100), so the 7 records written after it are not counted and the RPO is
     # printed as a lower bound
     assert f"{topic}: STOPPED (failed over); records possibly lost: at least 0" in r.stdout
-    rec = dr.record(topic)
+    rec = dr.state(topic)
     assert rec.state == st.STOPPED
     assert rec.stopped["partitions"]["0"] == {"destination_log_end_offset": 100, "last_known_source_offset": 100,
                                               "records_possibly_lost": 0}
 
 
 def test_no_terminal_without_yes_changes_nothing(dr, cli):
-    topic = dr.mirror(partitions=1)
+    topic = dr.new_mirror(partitions=1)
     for cmd in (["failover"], ["promote"], ["mirror", "failover"]):
         r = cli(*cmd, topic, "--link", dr.name)
         assert r.exit_code == 2
         assert "confirmation needed but there is no terminal; pass --yes" in r.stderr
-    assert dr.record(topic).state == st.ACTIVE
+    assert dr.state(topic).state == st.ACTIVE
