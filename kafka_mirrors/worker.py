@@ -173,14 +173,7 @@ class Worker:
             self.tasks[rec.topic].record = rec
 
     def _start_task(self, rec: st.MirrorRecord) -> None:
-        try:
-            info = kt.describe_topic(self.src_admin, rec.source_topic)
-        except NotFoundError:
-            raise SourceTopicChanged(f"source topic '{rec.source_topic}' no longer exists") from None
-        if rec.source_topic_id and info.topic_id != rec.source_topic_id:
-            raise SourceTopicChanged(
-                f"source topic '{rec.source_topic}' was re-created (topic ID {info.topic_id}, "
-                f"mirror made from {rec.source_topic_id})")
+        info = self._source_topic(rec)
         configs = kt.topic_overrides(self.dst_admin, rec.topic)
         compacted = "compact" in configs.get("cleanup.policy", "")
         task = MirrorTask(rec, compacted)
@@ -223,7 +216,7 @@ class Worker:
         for p, copier in task.copiers.items():
             try:
                 copier.stop(STOP_FLUSH_S)
-            except KafkaMirrorsError as exc:
+            except (KafkaMirrorsError, KafkaException) as exc:
                 log.error("[%s/%s-p%d] stop: %s", self.link.name, topic, p, exc)
             final[(topic, p)] = self._progress(topic, p, copier)
             self.feed.remove(task.record.source_topic, p)
@@ -258,29 +251,45 @@ class Worker:
                 try:
                     copier.step(0.0)
                 except PartitionFailed as exc:
-                    self._fail(topic, p, exc)
+                    # a source topic deleted and re-created under the copy shows up as
+                    # offsets going back: name the cause when it is that
+                    try:
+                        self._source_topic(task.record)
+                        cause = exc
+                    except SourceTopicChanged as changed:
+                        changed.offset, cause = exc.offset, changed
+                    except KafkaMirrorsError:
+                        cause = exc
+                    self._fail(topic, p, cause)
                     break
                 if copier.progress.next_offset != before:
                     progressed = True
         return progressed
+
+    def _source_topic(self, rec: st.MirrorRecord) -> kt.TopicInfo:
+        """The source topic as it is now; SourceTopicChanged when it is gone or is no
+        longer the topic the mirror was made from (new topic ID)."""
+        try:
+            info = kt.describe_topic(self.src_admin, rec.source_topic)
+        except NotFoundError:
+            raise SourceTopicChanged(f"source topic '{rec.source_topic}' was deleted") from None
+        if rec.source_topic_id and info.topic_id != rec.source_topic_id:
+            raise SourceTopicChanged(f"source topic '{rec.source_topic}' was re-created "
+                                     f"(topic ID {info.topic_id}, mirror made from {rec.source_topic_id})")
+        return info
 
     def _follow_source_metadata(self) -> None:
         for rec in list(self.known.values()):
             if rec.state == st.ACTIVE and rec.topic not in self.tasks:
                 self._reconcile(rec)  # retry a mirror that could not start
         for topic, task in list(self.tasks.items()):
-            rec = task.record
             try:
-                info = kt.describe_topic(self.src_admin, rec.source_topic)
-            except NotFoundError:
-                self._fail(topic, None, KafkaMirrorsError(f"source topic '{rec.source_topic}' was deleted"))
+                info = self._source_topic(task.record)
+            except SourceTopicChanged as exc:
+                self._fail(topic, None, exc)
                 continue
             except KafkaMirrorsError as exc:
                 log.warning("[%s/%s] source metadata: %s", self.link.name, topic, exc)
-                continue
-            if rec.source_topic_id and info.topic_id != rec.source_topic_id:
-                self._fail(topic, None, KafkaMirrorsError(
-                    f"source topic '{rec.source_topic}' was re-created (new topic ID {info.topic_id})"))
                 continue
             missing = [p for p in range(info.partitions) if p not in task.copiers]
             if not missing:
