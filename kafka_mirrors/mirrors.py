@@ -75,6 +75,16 @@ class MirrorPlan:
     adopt: bool                # an empty destination topic exists already
 
 
+def mirror_configs(source_overrides: dict[str, str], overrides: dict[str, str] | None) -> dict[str, str]:
+    """The topic configs a mirror must have: the source topic's own settings, then those
+    that must differ on a mirror (CreateTime timestamps), then the operator's --config.
+    Used at creation and by the worker's config sync."""
+    configs = dict(source_overrides)
+    configs.update(FORCED_CONFIGS)
+    configs.update(overrides or {})
+    return configs
+
+
 def plan_mirror(link, name: str, source_topic: str | None, overrides: dict[str, str],
                 src_admin, dst_admin, snapshot: StateSnapshot) -> MirrorPlan:
     """Everything checked, nothing changed: raises on any reason to refuse."""
@@ -92,9 +102,7 @@ def plan_mirror(link, name: str, source_topic: str | None, overrides: dict[str, 
             f"source topic '{source_topic}' does not exist on the {src_admin.label} of link '{link.name}'",
             f"list the source's topics with 'kafka-topics --bootstrap-server "
             f"{src_admin.label.rsplit(' ', 1)[-1]} --list'") from None
-    configs = topics.topic_overrides(src_admin, source_topic)
-    configs.update(FORCED_CONFIGS)
-    configs.update(overrides)
+    configs = mirror_configs(topics.topic_overrides(src_admin, source_topic), overrides)
     adopt = False
     try:
         existing = topics.describe_topic(dst_admin, mirror_topic)
@@ -140,7 +148,8 @@ def create_mirrors(link, names: list[str], source_topic: str | None = None,
         else:
             topics.create_topic(dst_admin, plan.topic, plan.partitions, rf, plan.configs)
         rec = MirrorRecord(link=link.name, topic=plan.topic, source_topic=plan.source_topic, state=ACTIVE,
-                           source_topic_id=plan.source_topic_id, partitions=plan.partitions)
+                           source_topic_id=plan.source_topic_id, partitions=plan.partitions,
+                           config_overrides=overrides or None)
         store.put_mirror(rec)
         out.append(rec)
     store.close()

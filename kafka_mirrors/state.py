@@ -55,6 +55,7 @@ class MirrorRecord:
     created_at: float = 0.0
     updated_at: float = 0.0
     stopped: dict | None = None     # what promote/failover recorded (e.g. last offsets)
+    config_overrides: dict | None = None  # `mirror create --config` values, kept by the config sync
 
     def to_json(self) -> dict:
         return asdict(self)

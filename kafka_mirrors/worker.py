@@ -37,12 +37,13 @@ from kafka_mirrors.kafka.partition import (
     SourceFeed,
 )
 from kafka_mirrors.kafka import topics as kt
+from kafka_mirrors.mirrors import mirror_configs
 from kafka_mirrors.replication.copier import PartitionCopier, PartitionFailed
 
 log = logging.getLogger("kafka_mirrors.worker")
 
 HEARTBEAT_S = 2.0
-METADATA_S = 5.0
+METADATA_S = 5.0  # partitions, topic identity; topic configs every topic.config.sync.ms
 STOP_FLUSH_S = 30.0
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 10.0
@@ -72,6 +73,8 @@ class Worker:
         self.store = st.StateStore(self.dst_conf, link.name, timeout)
         self.tasks: dict[str, MirrorTask] = {}
         self.known: dict[str, st.MirrorRecord] = {}  # latest record of every mirror of the link
+        self.config_sync_s = int(link.option("topic.config.sync.ms")) / 1000.0
+        self.next_config_sync = 0.0
         self.feed: SourceFeed | None = None
         self.producers: SinkProducers | None = None
         self.delivery_timeout_ms = delivery_timeout_ms
@@ -278,7 +281,24 @@ class Worker:
                                      f"(topic ID {info.topic_id}, mirror made from {rec.source_topic_id})")
         return info
 
+    def _sync_configs(self, task: MirrorTask) -> None:
+        """Keep the mirror's topic configs in step with the source's (DESIGN.md section 5):
+        set what the source set or changed, remove what it removed, keep what must differ
+        (CreateTime) and what the operator gave to `mirror create --config`."""
+        rec = task.record
+        want = mirror_configs(kt.topic_overrides(self.src_admin, rec.source_topic), rec.config_overrides)
+        have = kt.topic_overrides(self.dst_admin, rec.topic)
+        changed = {k: v for k, v in want.items() if have.get(k) != v}
+        removed = [k for k in have if k not in want]
+        if changed or removed:
+            kt.alter_topic_configs(self.dst_admin, rec.topic, changed, removed)
+            log.info("[%s/%s] topic configs follow the source: set %s, removed %s", self.link.name,
+                     rec.topic, sorted(changed), sorted(removed))
+
     def _follow_source_metadata(self) -> None:
+        sync_configs = time.monotonic() >= self.next_config_sync
+        if sync_configs:
+            self.next_config_sync = time.monotonic() + self.config_sync_s
         for rec in list(self.known.values()):
             if rec.state == st.ACTIVE and rec.topic not in self.tasks:
                 self._reconcile(rec)  # retry a mirror that could not start
@@ -291,6 +311,11 @@ class Worker:
             except KafkaMirrorsError as exc:
                 log.warning("[%s/%s] source metadata: %s", self.link.name, topic, exc)
                 continue
+            if sync_configs:
+                try:
+                    self._sync_configs(task)
+                except KafkaMirrorsError as exc:
+                    log.warning("[%s/%s] topic config sync: %s", self.link.name, topic, exc)
             missing = [p for p in range(info.partitions) if p not in task.copiers]
             if not missing:
                 continue

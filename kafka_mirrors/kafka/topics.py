@@ -83,11 +83,15 @@ def topic_overrides(admin: Admin, name: str) -> dict[str, str]:
     return out
 
 
-def alter_topic_configs(admin: Admin, name: str, configs: Mapping[str, str]) -> None:
-    """Set the given configs (incrementally: the topic's other settings stay)."""
-    if not configs:
+def alter_topic_configs(admin: Admin, name: str, configs: Mapping[str, str],
+                        remove: Iterable[str] = ()) -> None:
+    """Set the given configs and remove the `remove` ones back to the broker default
+    (incrementally: the topic's other settings stay)."""
+    remove = list(remove)
+    if not configs and not remove:
         return
     entries = [ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in configs.items()]
+    entries += [ConfigEntry(k, None, incremental_operation=AlterConfigOpType.DELETE) for k in remove]
     resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
     futures = admin.client.incremental_alter_configs([resource], request_timeout=admin.timeout)
     _await(admin, futures[resource], f"altering the configs of topic '{name}'")

@@ -249,3 +249,34 @@ def test_deleted_or_recreated_source_topic_fails_the_mirror(mirroring, source, d
     assert f"source topic '{topic}'" in mirroring.state(topic).reason
     # nothing of the new topic is mixed into the mirror
     assert [s.value for s in mt.snapshot(destination, topic, 0)] == [b"a", b"b"]
+
+
+# ------------------------------------------------------------------ topic config sync
+
+def test_topic_configs_follow_the_source(mirroring, cli, source, destination):
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from kafka_mirrors.kafka import topics as kt
+    from kafka_mirrors.kafka.admin import Admin
+
+    topic = source.create_topic(unique("cfg"), partitions=1, config={
+        "retention.ms": "86400000", "max.message.bytes": "2000000", "message.timestamp.type": "LogAppendTime"})
+    r = cli("link", "alter", mirroring.name, "--config", "topic.config.sync.ms=1000")
+    assert r.exit_code == 0, r.stderr
+    r = cli("mirror", "create", topic, "--link", mirroring.name, "--config", "segment.ms=3600000")
+    assert r.exit_code == 0, r.stderr
+    mirroring.start_worker()
+    admin = source.admin()
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "172800000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("max.message.bytes", None, incremental_operation=AlterConfigOpType.DELETE),
+    ])
+    admin.incremental_alter_configs([resource])[resource].result(15)
+    dst = Admin(destination.conf(), "destination")
+
+    def synced():
+        o = kt.topic_overrides(dst, topic)
+        return o if o.get("retention.ms") == "172800000" and "max.message.bytes" not in o else None
+    overrides = mt.wait_until(synced, 60, "the mirror's configs to follow the source")
+    assert overrides["message.timestamp.type"] == "CreateTime"   # must differ from the source
+    assert overrides["segment.ms"] == "3600000"                  # the operator's --config stays
