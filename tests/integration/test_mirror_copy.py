@@ -280,3 +280,20 @@ def test_topic_configs_follow_the_source(mirroring, cli, source, destination):
     overrides = mt.wait_until(synced, 60, "the mirror's configs to follow the source")
     assert overrides["message.timestamp.type"] == "CreateTime"   # must differ from the source
     assert overrides["segment.ms"] == "3600000"                  # the operator's --config stays
+
+
+# ------------------------------------------------------------------ retention follows the source
+
+def test_log_start_offset_follows_source_retention(mirroring, source, destination):
+    """DeleteRecords on the source after the copy: the mirror's log start offset follows
+    (the copier looks every 30 s while idle, so this waits up to a minute)."""
+    topic = source.create_topic(unique("retention"), partitions=1)
+    source.produce(topic, [f"r{i}".encode() for i in range(100)], partition=0)
+    mirroring.mirror(topic)
+    mirroring.start_worker()
+    mirroring.wait_caught_up(topic)
+    admin = source.admin()
+    list(admin.delete_records([TopicPartition(topic, 0, 60)]).values())[0].result(15)
+    mt.wait_until(lambda: mt.watermarks(destination, topic, 0)[0] == 60, 75,
+                  "the destination's log start offset to reach 60")
+    mt.assert_identical(source, destination, topic, topic, partitions=1)
