@@ -389,13 +389,13 @@ class KafkaPartitionSink:
         return self.offset_reader.last_stable_offset(self.topic, self.partition)
 
     def close_open_transaction(self, timeout: float = MARKER_WAIT_S) -> None:
-        """On start: if the destination shows an open transaction (last stable offset
-        below the log end offset), it may be ours, left by a crash. Initialising our
-        transactional producer fences that copier and aborts it; then wait for the marker,
-        so the checkpoint read next is final."""
-        self._finish_head_deletion()
-        if self.last_stable_offset() >= self.log_end_offset():
-            return
+        """On start, before the checkpoint is read: fence any earlier copier of this
+        partition. Initialising our transactional producer (transactional.id derived from
+        link, topic, partition) aborts a transaction a crash left open, and init returns
+        only once that abort is complete. This is done even when the destination shows no
+        open transaction: a transaction can hold the partition before its first record
+        lands, and its abort marker, written later by the broker's timeout, would take an
+        offset in the middle of the copy. Then wait until no transaction is open."""
         self.producers.txn_producer(self.topic, self.partition)
         deadline = time.monotonic() + timeout
         while self.last_stable_offset() < self.log_end_offset():
@@ -404,6 +404,7 @@ class KafkaPartitionSink:
                     f"{self.topic}-{self.partition} on the destination has a transaction open that is "
                     f"not ours (last stable offset stays below the log end offset)")
             time.sleep(0.05)
+        self._finish_head_deletion()
 
     def _finish_head_deletion(self, max_scan: int = 200_000) -> None:
         """Fillers are written at the head only to be deleted (DeleteRecords) right after.
