@@ -193,7 +193,7 @@ class Worker:
         rec = task.record
         label = f"{self.link.name}/{rec.topic}-p{p}"
         source = KafkaPartitionSource(self.feed, self.src_offsets, rec.source_topic, p)
-        sink = KafkaPartitionSink(self.producers, self.dst_offsets, self.dst_admin.client, self.dst_conf,
+        sink = KafkaPartitionSink(self.producers, self.dst_offsets, self.dst_admin, self.dst_conf,
                                   rec.topic, p, task.compacted)
         copier = PartitionCopier(source, sink, label=label, logger=logging.getLogger("kafka_mirrors.copy"))
         try:

@@ -318,8 +318,7 @@ def compare_snapshots(partition: int, source: Sequence[Stored], destination: Seq
 
 def assert_identical(source, destination, src_topic: str, dst_topic: str,
                      partitions: int | Iterable[int] | None = None,
-                     isolation: str = "read_committed", same_log_start: bool = True,
-                     ignore_destination_fillers: bool = False) -> int:
+                     isolation: str = "read_committed", same_log_start: bool = True) -> None:
     """Assert that every partition of dst_topic holds the records of src_topic at the same
     offsets (key, value, headers in order, timestamp) and has the same log start offset.
     partitions: a count, a list, or None for all of the source topic's. The AssertionError
@@ -328,7 +327,6 @@ def assert_identical(source, destination, src_topic: str, dst_topic: str,
         partitions = sorted(log_end_offsets(source, src_topic))
     msgs: list[str] = []
     total = 0
-    fillers = 0
     for p in _partition_list(partitions):
         src_start = watermarks(source, src_topic, p)[0]
         dst_start = watermarks(destination, dst_topic, p)[0]
@@ -341,22 +339,14 @@ def assert_identical(source, destination, src_topic: str, dst_topic: str,
             if len(msgs) < 5:
                 msgs.append(f"partition {p}: log start offset {src_start} on the source, "
                             f"{dst_start} on the destination")
-        dst_snap = snapshot(destination, dst_topic, p, isolation)
-        if ignore_destination_fillers:
-            # compacted mirrors: a filler that could not be deleted stays visible as a
-            # tombstone (DeleteRecords is refused on compacted topics); count, don't compare
-            kept = [r for r in dst_snap if not any(h == "kafka-mirrors.filler" for h, _ in r.headers)]
-            fillers += len(dst_snap) - len(kept)
-            dst_snap = kept
-        found, n = compare_snapshots(p, snapshot(source, src_topic, p, isolation), dst_snap,
-                                     limit=5 - len(msgs))
+        found, n = compare_snapshots(p, snapshot(source, src_topic, p, isolation),
+                                     snapshot(destination, dst_topic, p, isolation), limit=5 - len(msgs))
         msgs.extend(found)
         total += n
     if total:
         more = f" (showing {len(msgs)})" if total > len(msgs) else ""
         raise AssertionError(f"{dst_topic} differs from {src_topic} in {total} places{more}:\n  "
                              + "\n  ".join(msgs))
-    return fillers
 
 
 # ---------------------------------------------------------------- waiting

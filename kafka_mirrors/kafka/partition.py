@@ -13,6 +13,7 @@ read_committed (last stable offset).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 import uuid
@@ -30,7 +31,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from kafka_mirrors.errors import KafkaOperationError
-from kafka_mirrors.kafka.admin import await_result
+from kafka_mirrors.kafka import topics as kt
+from kafka_mirrors.kafka.admin import Admin, await_result
 from kafka_mirrors.replication.interfaces import (
     Confirmation,
     FetchResult,
@@ -368,7 +370,7 @@ class SinkProducers:
 
 
 class KafkaPartitionSink:
-    def __init__(self, producers: SinkProducers, offsets: OffsetReader, admin: AdminClient,
+    def __init__(self, producers: SinkProducers, offsets: OffsetReader, admin: Admin,
                  dest_conf: Mapping[str, object], topic: str, partition: int, compacted: bool):
         self.producers = producers
         self.offset_reader = offsets
@@ -411,8 +413,8 @@ class KafkaPartitionSink:
         A crash between the two leaves them readable at the log start: finish the job.
         Fillers elsewhere are never at the log start, so nothing else is touched."""
         start, end = self.log_start_offset(), self.log_end_offset()
-        if start >= end or self.filler_key is not None:
-            return  # (compacted mirrors cannot delete records; see delete_records_before)
+        if start >= end:
+            return
         head = read_range(self.dest_conf, self.topic, self.partition, start, min(end, start + max_scan))
         cut = start
         for r in head:
@@ -492,17 +494,41 @@ class KafkaPartitionSink:
 
     def delete_records_before(self, offset: int) -> None:
         if self.filler_key is not None:
-            # Kafka refuses DeleteRecords on compact-only topics (POLICY_VIOLATION). The
-            # fillers stay: null-value records under a reserved key, i.e. tombstones that
-            # read_committed consumers see until the log cleaner removes them.
-            log.warning("[%s-%d] compacted mirror: fillers before offset %d stay as tombstones "
-                        "(DeleteRecords is not allowed on compacted topics)", self.topic, self.partition, offset)
-            return
-        futs = self.admin.delete_records([TopicPartition(self.topic, self.partition, offset)],
-                                         request_timeout=30, operation_timeout=30)
-        for f in futs.values():
-            await_result(f, f"delete records of {self.topic}-{self.partition} before {offset}",
-                         "destination cluster", 30)
+            with self._deletion_allowed():
+                self._delete_records(offset)
+        else:
+            self._delete_records(offset)
+
+    def _delete_records(self, offset: int, timeout: float = 30.0) -> None:
+        what = f"delete records of {self.topic}-{self.partition} before {offset}"
+        deadline = time.monotonic() + timeout
+        while True:
+            futs = self.admin.client.delete_records([TopicPartition(self.topic, self.partition, offset)],
+                                                    request_timeout=timeout, operation_timeout=timeout)
+            try:
+                for f in futs.values():
+                    await_result(f, what, self.admin.label, timeout)
+                return
+            except KafkaOperationError as exc:
+                # a cleanup.policy change reaches the partition's leader a moment later
+                if "POLICY_VIOLATION" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    @contextlib.contextmanager
+    def _deletion_allowed(self):
+        """Kafka refuses DeleteRecords on compact-only topics. For the moment of the call
+        the mirror becomes compact,delete with time and size retention off, so nothing but
+        our fillers can go, then its own settings come back. Should the worker die in
+        between, the worker's topic config sync puts them back."""
+        have = kt.topic_overrides(self.admin, self.topic)
+        allow = {"cleanup.policy": "compact,delete", "retention.ms": "-1", "retention.bytes": "-1"}
+        kt.alter_topic_configs(self.admin, self.topic, allow)
+        try:
+            yield
+        finally:
+            kt.alter_topic_configs(self.admin, self.topic, {k: have[k] for k in allow if k in have},
+                                   [k for k in allow if k not in have])
 
     def read_committed_range(self, start: int, end: int) -> list[Record]:
         return read_range(self.dest_conf, self.topic, self.partition, start, end)
