@@ -289,19 +289,28 @@ class SinkProducers:
             "delivery.timeout.ms": delivery_timeout_ms,
         }))
         self.transactional: dict[tuple[str, int], Producer] = {}
+        self._callbacks: dict[tuple[str, int], object] = {}
 
-    def _on_delivery(self, err, msg) -> None:
-        key = (msg.topic(), msg.partition())
-        expected = self.pending[key].popleft()
-        if err is not None:
-            self.confirmed[key].append(Confirmation(expected, None, err.str()))
-        else:
-            self.confirmed[key].append(Confirmation(expected, msg.offset()))
+    def _reporter(self, key: tuple[str, int]):
+        """The delivery callback of one partition: matches each report, in order, to the
+        source offset its record copies (no per-record lookups of topic and partition)."""
+        cb = self._callbacks.get(key)
+        if cb is None:
+            pending = self.pending[key]
+            popleft = pending.popleft
+
+            def cb(err, msg, confirmed=self.confirmed, key=key):
+                expected = popleft()
+                confirmed[key].append(Confirmation(expected, None, err.str()) if err is not None
+                                      else Confirmation(expected, msg.offset()))
+            self._callbacks[key] = cb
+        return cb
 
     def produce(self, topic: str, partition: int, records: Sequence[Record]) -> None:
-        pending = self.pending[(topic, partition)]
+        key = (topic, partition)
+        pending = self.pending[key]
         produce = self.producer.produce
-        cb = self._on_delivery
+        cb = self._reporter(key)
         for r in records:
             pending.append(r.offset)
             while True:
@@ -361,6 +370,7 @@ class SinkProducers:
         self.producer.flush(5)
         self.pending.clear()
         self.confirmed.clear()
+        self._callbacks.clear()
 
     def close(self, timeout: float = 10.0) -> None:
         self.producer.flush(timeout)

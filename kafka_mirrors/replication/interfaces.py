@@ -9,15 +9,15 @@ checkpoint: the next source offset to copy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 Headers = tuple[tuple[str, bytes | None], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One source record as a read_committed consumer sees it. Headers keep their order
-    and duplicates; key/value None stays None and b"" stays b""."""
+    and duplicates; key/value None stays None and b"" stays b"". A NamedTuple, not a
+    dataclass: one is made per copied record, and a tuple is made several times faster."""
 
     offset: int
     key: bytes | None
@@ -67,10 +67,9 @@ class PartitionSource(Protocol):
         """Fresh ListOffsets earliest only: one request instead of the three of offsets()."""
 
 
-@dataclass(frozen=True, slots=True)
-class Confirmation:
+class Confirmation(NamedTuple):
     """A delivery report: the source offset a write copies and the offset the destination
-    assigned (None with an error message when the write failed)."""
+    assigned (None with an error message when the write failed). One per copied record."""
 
     expected_offset: int
     assigned_offset: int | None
