@@ -4,7 +4,12 @@ the virtualenv.
 
     link -> mirror (transactional and plain writes, so the source has offset gaps)
     -> worker copies -> every record is at the same offset on both clusters
-    -> a consumer group's committed offset means the same record on both sides
+    -> a consumer group commits on the source; the worker copies its offsets
+    -> records keep flowing; the source broker is killed (SIGKILL)
+    -> failover (timed) -> the destination takes writes -> the group resumes there
+       at exactly the next record
+    -> the old source comes back: the records it had that the destination never got
+       are exactly the RPO that failover printed
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -52,7 +58,8 @@ def produce(bootstrap: str, n: int) -> None:
     """Plain idempotent writes and transactions (some aborted), so the source log has the
     gaps (markers, aborted records) a naive copier would close up."""
     plain = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    txn = Producer({"bootstrap.servers": bootstrap, "transactional.id": "demo-txn"})
+    # log_level 3: no warning while the new broker's transaction coordinator is still loading
+    txn = Producer({"bootstrap.servers": bootstrap, "transactional.id": "demo-txn", "log_level": 3})
     txn.init_transactions(30)
     for i in range(n):
         plain.produce(TOPIC, key=f"customer-{i % 17}".encode(), value=f"order {i}".encode(),
@@ -89,6 +96,49 @@ def log_end_offsets(bootstrap: str) -> list[int]:
         c.close()
 
 
+def committed(bootstrap: str, group: str) -> list[int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        return [tp.offset for tp in c.committed([TopicPartition(TOPIC, p) for p in range(PARTITIONS)], timeout=10)]
+    finally:
+        c.close()
+
+
+def stopped_at(bootstrap: str) -> dict[int, dict]:
+    """What failover recorded per partition in the state store (on the destination)."""
+    from kafka_mirrors.state import StateStore
+    store = StateStore({"bootstrap.servers": bootstrap}, "dr")
+    try:
+        parts = store.get_mirror(TOPIC).stopped["partitions"]
+    finally:
+        store.close()
+    return {int(p): v for p, v in parts.items()}
+
+
+class SteadyProducer(threading.Thread):
+    """Writes to the source at a steady rate until told to stop or the source dies; counts
+    the writes the source acknowledged, per partition."""
+
+    def __init__(self, bootstrap: str, rate: int = 400):
+        super().__init__(daemon=True)
+        self.producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
+                                  "linger.ms": 0, "message.timeout.ms": 3000,
+                                  "log_level": 0})  # it is about to lose its broker: no noise
+        self.rate, self.stop, self.acked, self.n = rate, threading.Event(), [0] * PARTITIONS, 0
+
+    def _delivered(self, err, msg) -> None:
+        if err is None:
+            self.acked[msg.partition()] += 1
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.producer.produce(TOPIC, key=f"late-{self.n}".encode(), value=f"late order {self.n}".encode(),
+                                  partition=self.n % PARTITIONS, on_delivery=self._delivered)
+            self.n += 1
+            self.producer.poll(1.0 / self.rate)
+        self.producer.flush(5)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--keep", action="store_true", help="leave the clusters running")
@@ -111,7 +161,8 @@ def main() -> int:
         produce(src["bootstrap"], a.records)
 
         say("link the clusters and mirror the topic")
-        km(registry, "link", "create", "dr", "--source", src["bootstrap"], "--destination", dst["bootstrap"])
+        km(registry, "link", "create", "dr", "--source", src["bootstrap"], "--destination", dst["bootstrap"],
+           "--config", "consumer.offset.sync.ms=1000")
         km(registry, "mirror", "create", TOPIC, "--link", "dr")
 
         say("run the worker")
@@ -119,18 +170,22 @@ def main() -> int:
         t_copy = time.monotonic()
         worker = subprocess.Popen([sys.executable, "-m", "kafka_mirrors", "--registry", str(registry),
                                    "run", "--link", "dr"], stdout=log, stderr=subprocess.STDOUT)
+
+        def wait_for(what: str, done, timeout: float = 120) -> None:
+            deadline = time.monotonic() + timeout
+            while not done():
+                if time.monotonic() > deadline or (worker is not None and worker.poll() is not None):
+                    print((tmp / "worker.log").read_text()[-3000:], file=sys.stderr)
+                    raise SystemExit(f"demo: {what}")
+                time.sleep(0.3)
+
         want = log_end_offsets(src["bootstrap"])
-        deadline = time.monotonic() + 120
-        while log_end_offsets(dst["bootstrap"]) != want:
-            if time.monotonic() > deadline or worker.poll() is not None:
-                print((tmp / "worker.log").read_text()[-3000:], file=sys.stderr)
-                raise SystemExit("demo: the mirror did not catch up")
-            time.sleep(0.3)
+        wait_for("the mirror did not catch up", lambda: log_end_offsets(dst["bootstrap"]) == want)
         copy_s = time.monotonic() - t_copy
         km(registry, "describe", "--link", "dr")
 
         say("every record at the same offset on both clusters")
-        total = 0
+        total, source_records = 0, {}
         for p in range(PARTITIONS):
             s_recs, d_recs = read(src["bootstrap"], p), read(dst["bootstrap"], p)
             same = s_recs == d_recs
@@ -140,21 +195,82 @@ def main() -> int:
             if not same:
                 raise SystemExit("demo: destination differs from source")
             total += len(s_recs)
+            source_records[p] = {o: (k, v) for o, k, v in s_recs}
 
-        say("a consumer group's offset means the same record on both clusters")
-        p, committed = 0, read(src["bootstrap"], 0)[len(read(src["bootstrap"], 0)) // 2][0]
-        for label, boot in (("source", src["bootstrap"]), ("destination", dst["bootstrap"])):
-            c = Consumer({"bootstrap.servers": boot, "group.id": "billing", "isolation.level": "read_committed"})
-            c.assign([TopicPartition(TOPIC, p, committed)])
-            m = c.poll(10)
-            print(f"{label:<12} group 'billing' resuming at offset {committed}: {m.value().decode()!r}")
-            c.close()
+        say("consumer group 'billing' reads part of the topic on the source and commits")
+        c = Consumer({"bootstrap.servers": src["bootstrap"], "group.id": "billing", "enable.auto.commit": False,
+                      "isolation.level": "read_committed"})
+        for p in range(PARTITIONS):  # about half of each partition
+            c.assign([TopicPartition(TOPIC, p, 0)])
+            for _ in range(len(source_records[p]) // 2):
+                m = c.poll(10)
+                if m is None or m.error():
+                    raise SystemExit("demo: the consumer could not read the source")
+            c.commit(asynchronous=False)
+        c.close()
+        group_offsets = committed(src["bootstrap"], "billing")
+        print(f"committed offsets on the source: {dict(enumerate(group_offsets))}")
+        wait_for("the worker did not copy the group's offsets",
+                 lambda: committed(dst["bootstrap"], "billing") == group_offsets, timeout=60)
+        print(f"committed offsets on the destination: {dict(enumerate(committed(dst['bootstrap'], 'billing')))}"
+              " (copied by the worker, no translation)")
+
+        say("records keep flowing into the source ... and the source broker dies (SIGKILL)")
+        steady = SteadyProducer(src["bootstrap"])
+        steady.start()
+        time.sleep(3)
+        os.kill(src["pid"], signal.SIGKILL)
+        print(f"killed the source broker (pid {src['pid']}) with {sum(steady.acked)} late records acknowledged")
+        steady.stop.set()
+        steady.join(15)
+
+        say("fail over to the destination")
+        t_fail = time.monotonic()
+        km(registry, "failover", TOPIC, "--link", "dr", "--yes")
+        failover_s = time.monotonic() - t_fail
+        point = stopped_at(dst["bootstrap"])
+
+        say("the destination topic takes writes now")
+        dp = Producer({"bootstrap.servers": dst["bootstrap"], "enable.idempotence": True})
+        dp.produce(TOPIC, key=b"after-failover", value=b"written on the new primary", partition=0)
+        if dp.flush(15) != 0:
+            raise SystemExit("demo: the destination refused a write after failover")
+        print("wrote 1 record to partition 0 of the destination")
+
+        say("consumer group 'billing' resumes on the destination")
+        c = Consumer({"bootstrap.servers": dst["bootstrap"], "group.id": "billing", "enable.auto.commit": False,
+                      "isolation.level": "read_committed"})
+        c.assign([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])  # at the group's committed offsets
+        seen: dict[int, int] = {}
+        deadline = time.monotonic() + 30
+        while len(seen) < PARTITIONS and time.monotonic() < deadline:
+            m = c.poll(1)
+            if m is None or m.error() or m.partition() in seen:
+                continue
+            seen[m.partition()] = m.offset()
+            expected = source_records[m.partition()].get(m.offset())
+            same = expected == (m.key(), m.value())
+            print(f"partition {m.partition()}: first record read at offset {m.offset()} (committed "
+                  f"{group_offsets[m.partition()]}), the record the source had there: {'yes' if same else 'NO'}")
+            if m.offset() != group_offsets[m.partition()] or not same:
+                raise SystemExit("demo: the group did not resume at exactly the next record")
+        c.close()
+
+        say("the old source comes back: what did the destination never get?")
+        kafka_local("up", "source", "--json")
+        src_end = log_end_offsets(src["bootstrap"])
+        dst_point = [point[p]["destination_log_end_offset"] for p in range(PARTITIONS)]
+        missing = sum(max(0, s - d) for s, d in zip(src_end, dst_point))
+        reported = sum(point[p]["records_possibly_lost"] or 0 for p in range(PARTITIONS))
+        print(f"source log end offsets {src_end}, failover point {dst_point}: {missing} record(s) never copied; "
+              f"failover reported {reported}")
 
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
         worker = None
-        km(registry, "describe", "--check", "--max-lag", "0")
-        say(f"summary: {total} records copied in {copy_s:.1f} s, offsets identical, "
+        say(f"summary: {total} records copied in {copy_s:.1f} s with identical offsets; "
+            f"failover took {failover_s:.1f} s with the source down; RPO {reported} record(s) reported, "
+            f"{missing} actually missing; group 'billing' resumed at exactly the next record; "
             f"demo took {time.monotonic() - t0:.1f} s")
     finally:
         if worker is not None and worker.poll() is None:
