@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 
 from kafka_mirrors.errors import KafkaMirrorsError, UsageError
 from kafka_mirrors.mirrors import _worker_partitions, resolve_mirror_name
+from kafka_mirrors.readonly import AclStepError
 from kafka_mirrors.state import ACTIVE, FAILED, PAUSED, PENDING_STOPPED, STOPPED, StateSnapshot, StateStore
 
 # A worker whose heartbeat (every 2 s) is older than this is presumed dead: nobody waits
@@ -164,6 +165,27 @@ def _fence(store: StateStore, topics: list[str], reason: str, ack_wait: float,
     return {t: {"workers": owed[t], "not_acked": pending[t]} for t in topics}
 
 
+def _lift_and_fence(link, store: StateStore, admin, topic: str, recorded_json: list | None,
+                    verb: str) -> tuple[list | None, dict | None]:
+    """Where the destination has an authorizer: lift the read-only ACLs recorded for the
+    mirror (others may write now) and deny the link's principal WRITE (fencing). Returns
+    (bindings to record, the row's "acls" view, None when no ACLs are managed). On a
+    failure, records what was created and raises: the mirror stays PENDING_STOPPED."""
+    from kafka_mirrors.readonly import ReadOnlyAcls, from_json, to_json
+    read_only = ReadOnlyAcls(link, admin)
+    recorded = from_json(recorded_json)
+    try:
+        kept, changes = read_only.release_and_fence(topic, recorded)
+    except AclStepError as exc:
+        store.set_state(topic, PENDING_STOPPED, reason=verb, acls=to_json(exc.recorded))
+        raise AclStepError(f"mirror '{topic}' left PENDING_STOPPED: {exc.message}" +
+                           (f" ({exc.hint})" if exc.hint else ""),
+                           f"run 'kafka-mirrors failover {topic} --link {link.name}' to finish",
+                           exc.recorded, exc.changes) from None
+    managed = bool(recorded or kept or changes)
+    return to_json(kept), (changes.view() if managed else None)
+
+
 def _destination_ends(admin, topic: str) -> dict[int, int]:
     from kafka_mirrors.kafka import topics as kt
     info = kt.describe_topic(admin, topic)
@@ -195,8 +217,12 @@ def failover(link, names: list[str], all_: bool = False, ack_wait: float = ACK_W
                                      "records_possibly_lost": partition_rpo(leo, src)}
                 stopped = {"reason": "failed over", "at": time.time(), "partitions": parts,
                            "workers_not_acked": fenced[topic]["not_acked"]}
-                store.set_state(topic, STOPPED, reason="failed over", stopped=stopped)
-                rows.append(_stopped_row(topic, stopped, fenced[topic]))
+                acls, acl_view = _lift_and_fence(link, store, admin, topic, after.mirrors[topic].acls, "failover")
+                store.set_state(topic, STOPPED, reason="failed over", stopped=stopped, acls=acls)
+                rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view})
+            except AclStepError as exc:
+                rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc),
+                             "acls": exc.changes.view()})
             except KafkaMirrorsError as exc:
                 rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc)})
         return sorted(rows, key=lambda r: r["topic"])
@@ -277,8 +303,13 @@ def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
                                       "records_possibly_lost": max(0, s - d)} for p, (s, d) in offs.items()}
                     stopped = {"reason": "promoted", "at": time.time(), "partitions": parts,
                                "workers_not_acked": fenced[topic]["not_acked"]}
-                    store.set_state(topic, STOPPED, reason="promoted", stopped=stopped)
-                    rows.append(_stopped_row(topic, stopped, fenced[topic]))
+                    acls, acl_view = _lift_and_fence(link, store, dst_admin, topic, store.get_mirror(topic).acls,
+                                                     "promote")
+                    store.set_state(topic, STOPPED, reason="promoted", stopped=stopped, acls=acls)
+                    rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view})
+                except AclStepError as exc:
+                    rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc),
+                                 "acls": exc.changes.view()})
                 except KafkaMirrorsError as exc:
                     rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED,
                                  "error": f"mirror '{topic}' left PENDING_STOPPED: {exc}; "

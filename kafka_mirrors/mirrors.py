@@ -126,10 +126,15 @@ def plan_mirror(link, name: str, source_topic: str | None, overrides: dict[str, 
 
 
 def create_mirrors(link, names: list[str], source_topic: str | None = None,
-                   config_pairs: Iterable[str] = (), timeout: float | None = None) -> list[MirrorRecord]:
+                   config_pairs: Iterable[str] = (), timeout: float | None = None,
+                   notes: list[str] | None = None) -> list[MirrorRecord]:
     """Check every requested mirror first (so a refusal changes nothing), then create the
-    destination topics and record the mirrors ACTIVE."""
+    destination topics and record the mirrors ACTIVE. Where the destination has an
+    authorizer, each mirror is made read-only by ACL before its topic is created
+    (readonly.py: the bindings made are in each record's `acls`); warnings are appended
+    to `notes`."""
     from kafka_mirrors.kafka import topics
+    from kafka_mirrors.readonly import ReadOnlyAcls, to_json
     if source_topic and len(names) != 1:
         raise UsageError("--source-topic needs exactly one TOPIC")
     if len(set(names)) != len(names):
@@ -140,16 +145,33 @@ def create_mirrors(link, names: list[str], source_topic: str | None = None,
     store = store_for(link, timeout)
     snapshot = store.snapshot()
     plans = [plan_mirror(link, n, source_topic, overrides, src_admin, dst_admin, snapshot) for n in names]
+    read_only = ReadOnlyAcls(link, dst_admin)
+    for plan in plans:
+        read_only.check(plan.topic)
+    notes = notes if notes is not None else []
+    if read_only.note():
+        notes.append(read_only.note())
     rf = int(link.option("replication.factor"))
     out = []
     for plan in plans:
-        if plan.adopt:
-            topics.alter_topic_configs(dst_admin, plan.topic, plan.configs)
-        else:
-            topics.create_topic(dst_admin, plan.topic, plan.partitions, rf, plan.configs)
+        # ACLs first: the topic never exists writable by others, and a refusal (e.g. the
+        # principal may not alter ACLs) comes before anything else is created
+        acls, changes = read_only.make_read_only(plan.topic)
+        notes += [f"{plan.topic}: {w}" for w in changes.warnings]
+        try:
+            if plan.adopt:
+                topics.alter_topic_configs(dst_admin, plan.topic, plan.configs)
+            else:
+                topics.create_topic(dst_admin, plan.topic, plan.partitions, rf, plan.configs)
+        except KafkaMirrorsError:
+            try:
+                read_only.undo(changes.created)
+            except KafkaMirrorsError:
+                pass  # the topic error is the one to report
+            raise
         rec = MirrorRecord(link=link.name, topic=plan.topic, source_topic=plan.source_topic, state=ACTIVE,
                            source_topic_id=plan.source_topic_id, partitions=plan.partitions,
-                           config_overrides=overrides or None)
+                           config_overrides=overrides or None, acls=to_json(acls))
         store.put_mirror(rec)
         out.append(rec)
     store.close()

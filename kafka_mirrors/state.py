@@ -56,6 +56,8 @@ class MirrorRecord:
     updated_at: float = 0.0
     stopped: dict | None = None     # what promote/failover recorded (e.g. last offsets)
     config_overrides: dict | None = None  # `mirror create --config` values, kept by the config sync
+    # ACL bindings kafka-mirrors created for this mirror and has not deleted (readonly.py)
+    acls: list | None = None
 
     def to_json(self) -> dict:
         return asdict(self)

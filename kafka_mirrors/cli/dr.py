@@ -115,6 +115,11 @@ def _stopped_text(a: Application):
                 a.print("  no live worker was copying it")
             for w in r["workers_not_acked"]:
                 a.print(f"  WARNING: worker {w} did not acknowledge the stop; make sure it is stopped")
+            acls = r.get("acls") or {}
+            for acl in acls.get("deleted", []):
+                a.print(f"  ACL deleted: {acl}")
+            for acl in acls.get("created", []):
+                a.print(f"  ACL created: {acl}")
     return text
 
 

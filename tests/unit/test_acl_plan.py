@@ -1,0 +1,262 @@
+"""Read-only mirrors and fencing by ACL (kafka_mirrors/readonly.py): the pure plans, and
+ReadOnlyAcls against an in-memory ACL table standing in for the destination's authorizer
+(the three ACL calls of kafka_mirrors/kafka/acls.py are replaced)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from kafka_mirrors import readonly as ro
+from kafka_mirrors.errors import ConflictError, KafkaAuthError, KafkaOperationError
+from kafka_mirrors.kafka import acls as ka
+from kafka_mirrors.kafka.acls import Acl
+from kafka_mirrors.state import ACTIVE, STOPPED, MirrorRecord
+
+T = "orders"
+LINKER = "User:linker"
+ADMIN = SimpleNamespace(label="destination cluster x:1")
+
+
+def allow(principal, name=T, op="WRITE", pattern="LITERAL"):
+    return Acl(principal, op, "ALLOW", name, pattern)
+
+
+def deny(principal, name=T, op="WRITE", pattern="LITERAL"):
+    return Acl(principal, op, "DENY", name, pattern)
+
+
+# ---------------------------------------------------------------- pure plans
+
+def test_acl_matches_literal_prefixed_and_wildcard_patterns():
+    assert allow("User:a").matches_topic(T)
+    assert not allow("User:a", name="order").matches_topic(T)
+    assert allow("User:a", name="*").matches_topic(T)
+    assert allow("User:a", name="ord", pattern="PREFIXED").matches_topic(T)
+    assert not allow("User:a", name="pay", pattern="PREFIXED").matches_topic(T)
+    assert not Acl("User:a", "WRITE", "ALLOW", T, resource="GROUP").matches_topic(T)
+    a = Acl("User:a", "WRITE", "DENY", "ord", "PREFIXED", host="10.0.0.1")
+    assert Acl.from_json(a.to_json()) == a
+    assert str(a) == "DENY WRITE User:a on topic ord* (prefixed)"
+
+
+def test_plan_read_only_denies_every_other_writer_whatever_the_pattern():
+    existing = [
+        allow("User:lit"),
+        allow("User:pre", name="or", pattern="PREFIXED"),
+        allow("User:wild", name="*"),
+        allow("User:all", op="ALL"),
+        allow("User:reader", op="READ"),                 # reading is fine
+        allow("User:other", name="payments"),            # another topic
+        allow("User:pre2", name="pay", pattern="PREFIXED"),
+        allow(LINKER, name="*"),                         # the link itself
+    ]
+    create, delete, warnings = ro.plan_read_only(T, LINKER, existing, [])
+    assert create == [allow(LINKER), deny("User:all"), deny("User:lit"), deny("User:pre"), deny("User:wild")]
+    assert delete == [] and warnings == []
+
+
+def test_plan_read_only_skips_what_exists_and_warns_about_everyone():
+    existing = [allow(LINKER), allow("User:a"), deny("User:a"), allow("User:*", name="*")]
+    create, _, warnings = ro.plan_read_only(T, LINKER, existing, [])
+    assert create == []  # the ALLOW and the DENY exist already: neither is made (nor recorded)
+    assert len(warnings) == 1 and "User:*" in warnings[0] and "cannot be denied" in warnings[0]
+
+
+def test_plan_read_only_lifts_a_recorded_fence_of_the_link():
+    recorded = [deny(LINKER), deny("User:a")]
+    _, delete, _ = ro.plan_read_only(T, LINKER, recorded, recorded)
+    assert delete == [deny(LINKER)]
+
+
+def test_plan_release_lifts_recorded_bindings_and_fences_the_link():
+    recorded = [allow(LINKER), deny("User:a"), deny(LINKER)]
+    create, delete = ro.plan_release(T, LINKER, recorded)
+    assert create == [deny(LINKER)]
+    assert delete == [allow(LINKER), deny("User:a")]
+    assert ro.plan_release(T, None, [deny("User:a")]) == ([], [deny("User:a")])
+
+
+def test_blocking_denies_are_those_not_made_by_kafka_mirrors():
+    existing = [deny(LINKER, name="or", pattern="PREFIXED"), deny("User:*", name="*", op="ALL"), deny("User:a")]
+    assert ro.blocking_denies(T, LINKER, existing, []) == existing[:2]
+    assert ro.blocking_denies(T, LINKER, [deny(LINKER)], [deny(LINKER)]) == []
+
+
+# ---------------------------------------------------------------- against a fake authorizer
+
+class FakeAuthorizer:
+    """An ACL table with Kafka's answers: create is idempotent, delete by exact binding,
+    describe empty for a principal without DESCRIBE on the cluster."""
+
+    def __init__(self, acls=(), enabled=True, can_describe=True):
+        self.acls = set(acls)
+        self.enabled = enabled
+        self.can_describe = can_describe
+        self.fail_create: set[Acl] = set()
+        self.fail_delete: set[Acl] = set()
+        self.calls: list[str] = []
+
+    def _check(self):
+        if not self.enabled:
+            raise ka.NoAuthorizer("no authorizer")
+
+    def topic_acls(self, admin):
+        self.calls.append("describe")
+        self._check()
+        return sorted(self.acls, key=str) if self.can_describe else []
+
+    def create(self, admin, acls):
+        self.calls.append("create")
+        self._check()
+        for a in acls:
+            if a in self.fail_create:
+                raise KafkaOperationError(f"creating ACL '{a}' failed")
+            self.acls.add(a)
+
+    def delete(self, admin, acls):
+        self.calls.append("delete")
+        self._check()
+        out = []
+        for a in acls:
+            if a in self.fail_delete:
+                raise KafkaOperationError(f"deleting ACL '{a}' failed")
+            if a in self.acls:
+                self.acls.remove(a)
+                out.append(a)
+        return out
+
+
+class FakeSpec:
+    def __init__(self, conf):
+        self.conf = conf
+
+    def client_config(self):
+        return dict(self.conf)
+
+
+class FakeLink:
+    name = "dr"
+
+    def __init__(self, principal="", username="linker"):
+        self.principal = principal
+        self.destination = FakeSpec({"bootstrap.servers": "x:1"} | ({"sasl.username": username} if username else {}))
+
+    def option(self, key):
+        assert key == "link.principal"
+        return self.principal
+
+
+@pytest.fixture
+def authz(monkeypatch):
+    fake = FakeAuthorizer()
+    for name in ("topic_acls", "create", "delete"):
+        monkeypatch.setattr(ka, name, getattr(fake, name))
+    return fake
+
+
+def test_link_principal_from_option_then_sasl_username():
+    assert ro.link_principal(FakeLink(principal="User:CN=dr")) == "User:CN=dr"
+    assert ro.link_principal(FakeLink()) == LINKER
+    assert ro.link_principal(FakeLink(username=None)) is None
+
+
+def test_make_read_only_records_only_what_it_created(authz):
+    authz.acls |= {allow("User:alice"), allow("User:bob", name="ord", pattern="PREFIXED"), deny("User:bob")}
+    before = set(authz.acls)
+    kept, changes = ro.ReadOnlyAcls(FakeLink(), ADMIN).make_read_only(T)
+    assert kept == [allow(LINKER), deny("User:alice")]  # bob was denied already, by someone else
+    assert changes.created == kept and changes.deleted == []
+    assert authz.acls == before | set(kept)
+
+
+def test_make_read_only_fails_and_undoes_when_acls_cannot_be_read(authz):
+    authz.can_describe = False  # Kafka's answer to DescribeAcls without DESCRIBE on the cluster
+    authz.acls.add(allow("User:alice"))
+    with pytest.raises(KafkaAuthError, match="cannot read the ACLs .* DESCRIBE and ALTER on the cluster"):
+        ro.ReadOnlyAcls(FakeLink(), ADMIN).make_read_only(T)
+    assert authz.acls == {allow("User:alice")}  # the ALLOW it made was deleted again
+
+
+def test_make_read_only_undoes_the_allow_when_a_deny_fails(authz):
+    authz.acls.add(allow("User:alice"))
+    authz.fail_create.add(deny("User:alice"))
+    with pytest.raises(KafkaOperationError):
+        ro.ReadOnlyAcls(FakeLink(), ADMIN).make_read_only(T)
+    assert authz.acls == {allow("User:alice")}
+
+
+def test_no_acls_without_authorizer_or_principal(authz):
+    authz.enabled = False
+    ro_ = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    assert ro_.make_read_only(T) == ([], ro.AclChanges())
+    assert ro_.note() is None
+    authz.enabled, authz.calls = True, []
+    unknown = ro.ReadOnlyAcls(FakeLink(username=None), ADMIN)
+    assert unknown.make_read_only(T)[0] == [] and authz.calls == []
+    assert "link's principal is unknown" in unknown.note() and "link.principal=User:NAME" in unknown.note()
+
+
+def test_check_refuses_a_foreign_deny_of_the_link(authz):
+    authz.acls.add(deny(LINKER, name="ord", pattern="PREFIXED"))
+    with pytest.raises(ConflictError, match="denied writing to 'orders' by an ACL that kafka-mirrors did not"):
+        ro.ReadOnlyAcls(FakeLink(), ADMIN).check(T)
+    ro.ReadOnlyAcls(FakeLink(), ADMIN).check("payments")  # not covered: fine
+
+
+def test_release_and_fence(authz):
+    authz.acls |= {allow("User:alice"), allow(LINKER, name="*")}
+    r = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    recorded, _ = r.make_read_only(T)
+    kept, changes = r.release_and_fence(T, recorded)
+    assert kept == [deny(LINKER)]
+    assert changes.created == [deny(LINKER)]
+    assert changes.deleted == [allow(LINKER), deny("User:alice")]
+    assert authz.acls == {allow("User:alice"), allow(LINKER, name="*"), deny(LINKER)}
+    assert changes.view()["created"] == ["DENY WRITE User:linker on topic orders"]
+    # the same topic made a mirror of this link again: the recorded fence is lifted
+    again, changes = r.make_read_only(T, kept)
+    assert deny(LINKER) not in authz.acls and changes.deleted == [deny(LINKER)]
+    assert again == [allow(LINKER), deny("User:alice")]
+
+
+def test_release_failure_keeps_the_fence_recorded(authz):
+    authz.acls.add(allow("User:alice"))
+    r = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    recorded, _ = r.make_read_only(T)
+    authz.fail_delete.add(deny("User:alice"))
+    with pytest.raises(ro.AclStepError, match="only partly changed") as info:
+        r.release_and_fence(T, recorded)
+    # fenced first; nothing recorded is forgotten, so a second run can lift the rest
+    assert deny(LINKER) in authz.acls
+    assert set(info.value.recorded) == set(recorded) | {deny(LINKER)}
+    authz.fail_delete.clear()
+    kept, _ = r.release_and_fence(T, info.value.recorded)
+    assert kept == [deny(LINKER)] and authz.acls == {allow("User:alice"), deny(LINKER)}
+
+
+class FakeStore:
+    def __init__(self, *recs):
+        self.recs = {r.topic: r for r in recs}
+        self.puts = 0
+
+    def get_mirror(self, topic):
+        return MirrorRecord.from_json(self.recs[topic].to_json())
+
+    def put_mirror(self, rec):
+        self.puts += 1
+        self.recs[rec.topic] = rec
+
+
+def test_refresh_denies_writers_granted_later_and_records_them(authz):
+    r = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    recorded, _ = r.make_read_only(T)
+    store = FakeStore(MirrorRecord("dr", T, T, ACTIVE, acls=ro.to_json(recorded)),
+                      MirrorRecord("dr", "old", "old", STOPPED))
+    assert ro.refresh_read_only(FakeLink(), store, ADMIN, [T, "old"]) == []
+    assert store.puts == 0
+    authz.acls.add(allow("User:carol", name="*"))
+    lines = ro.refresh_read_only(FakeLink(), store, ADMIN, [T, "old"])
+    assert lines == ["'orders' read-only: created ACL DENY WRITE User:carol on topic orders"]
+    assert ro.from_json(store.recs[T].acls) == recorded + [deny("User:carol")]
+    assert deny("User:carol", name="old") not in authz.acls  # a stopped mirror is left alone
