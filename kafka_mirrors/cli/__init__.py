@@ -18,6 +18,18 @@ from kafka_mirrors.errors import KafkaMirrorsError
 class BoundaryGroup(TyperGroup):
     """The one place a KafkaMirrorsError becomes a stderr line and an exit code."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        # Confluent-style flags (`kafka-mirrors --promote --topics t ...`) have their own parser
+        from kafka_mirrors.cli import confluent
+
+        argv = list(sys.argv[1:] if args is None else args)
+        if confluent.is_confluent_style(argv):
+            code = confluent.run(argv)
+            if standalone_mode:
+                sys.exit(code)
+            return code
+        return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+
     def invoke(self, ctx: typer.Context):
         try:
             return super().invoke(ctx)
@@ -64,6 +76,10 @@ def _root(
       kafka-mirrors mirror create orders --link dr
       kafka-mirrors run --link dr
       kafka-mirrors failover orders --link dr
+
+    Confluent-style flags work too (--bootstrap-server is the destination; see
+    'kafka-mirrors --promote --help'):
+      kafka-mirrors --failover --topics orders --bootstrap-server dst:9092
 
     Exit codes: 0 ok, 1 operation failed (or any item of a batch failed), 2 usage error.
     """
