@@ -23,8 +23,11 @@ from kafka_mirrors.state import ACTIVE, FAILED, PAUSED, PENDING_STOPPED, STOPPED
 # A worker whose heartbeat (every 2 s) is older than this is presumed dead: nobody waits
 # for its acknowledgement.
 WORKER_ALIVE_S = 10.0
-# How long promote/failover wait for the live workers to acknowledge the stop.
+# How long promote/failover wait for the live workers to acknowledge the stop. Failover
+# must return within 5 s even with the source gone: a worker acknowledges within about
+# 1 s then (it never waits long on the source), and one that does not is named.
 ACK_WAIT_S = 10.0
+FAILOVER_ACK_WAIT_S = 4.0
 POLL_S = 0.3
 
 
@@ -194,7 +197,7 @@ def _destination_ends(admin, topic: str) -> dict[int, int]:
 
 # ---------------------------------------------------------------- failover
 
-def failover(link, names: list[str], all_: bool = False, ack_wait: float = ACK_WAIT_S) -> list[dict]:
+def failover(link, names: list[str], all_: bool = False, ack_wait: float = FAILOVER_ACK_WAIT_S) -> list[dict]:
     """Stop the mirrors now, whatever their lag, using the destination only. One row per
     topic: partitions with destination log end offset, last known source offset and
     records possibly lost (null when the source offset was never reported)."""
@@ -249,6 +252,34 @@ def _lags(src_admin, dst_admin, source_topic: str, topic: str) -> dict[int, tupl
     return {p: (lso[p], dst.get(p, 0)) for p in sorted(lso)}
 
 
+def _final_offset_sync(link, src_admin, dst_admin, topic: str, source_topic: str) -> dict | None:
+    """Promote's last consumer-offset copy for one mirror (None when the link does not
+    sync offsets). Raises when it failed, for any group: promote must not pretend."""
+    from kafka_mirrors.errors import KafkaOperationError
+    from kafka_mirrors.offsetsync import sync_consumer_offsets
+    if not link.option("consumer.offset.sync.enable"):
+        return None
+    summary = sync_consumer_offsets(src_admin, dst_admin, link, {topic: source_topic})
+    if summary.errors:
+        group, err = sorted(summary.errors.items())[0]
+        raise KafkaOperationError(f"consumer offsets of group '{group}' not copied: {err}")
+    return summary.to_json()
+
+
+def _offset_sync_failed(link, store: StateStore, topic: str, state: str, exc: KafkaMirrorsError) -> dict:
+    """The mirror goes back to the state it had: nothing was promoted."""
+    try:
+        store.set_state(topic, state, reason=f"promote failed: consumer offsets not copied")
+    except KafkaMirrorsError as again:
+        return {"topic": topic, "ok": False, "state": PENDING_STOPPED,
+                "error": f"mirror '{topic}' not promoted: {exc}; and it was left PENDING_STOPPED: {again}; "
+                         f"run 'kafka-mirrors failover {topic} --link {link.name}' to stop it anyway"}
+    return {"topic": topic, "ok": False, "state": state,
+            "error": f"mirror '{topic}' not promoted: the last consumer offset copy failed: {exc}; state "
+                     f"unchanged ({state}); fix the cause, then run 'kafka-mirrors promote {topic} "
+                     f"--link {link.name}' again"}
+
+
 def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
             ack_wait: float = ACK_WAIT_S) -> list[dict]:
     """Wait until every partition's destination log end offset reaches the source's last
@@ -297,6 +328,12 @@ def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
         if ready:
             fenced = _fence(store, sorted(ready), "promote", ack_wait)
             for topic in sorted(ready):
+                # the workers are fenced and lag is 0: copy consumer offsets one last time
+                try:
+                    synced = _final_offset_sync(link, src_admin, dst_admin, topic, snap.mirrors[topic].source_topic)
+                except KafkaMirrorsError as exc:
+                    rows.append(_offset_sync_failed(link, store, topic, snap.mirrors[topic].state, exc))
+                    continue
                 try:
                     offs = _lags(src_admin, dst_admin, snap.mirrors[topic].source_topic, topic)
                     parts = {str(p): {"destination_log_end_offset": d, "last_known_source_offset": s,
@@ -306,7 +343,8 @@ def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
                     acls, acl_view = _lift_and_fence(link, store, dst_admin, topic, store.get_mirror(topic).acls,
                                                      "promote")
                     store.set_state(topic, STOPPED, reason="promoted", stopped=stopped, acls=acls)
-                    rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view})
+                    rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view,
+                                                                                "consumer_offsets": synced})
                 except AclStepError as exc:
                     rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc),
                                  "acls": exc.changes.view()})
