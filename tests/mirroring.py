@@ -35,6 +35,15 @@ class Mirroring:
                 "--destination", destination.bootstrap)
         assert r.exit_code == 0, r.stderr
 
+    @classmethod
+    def for_link(cls, other: "Mirroring", name: str, source, destination) -> "Mirroring":
+        """Another link in the same registry (e.g. the reverse link a fail-back made), not
+        created here; its workers share `other`'s list, so `other.stop_all()` stops them."""
+        m = cls.__new__(cls)
+        m.__dict__.update(other.__dict__)
+        m.name, m.source, m.destination = name, source, destination
+        return m
+
     # ---- mirrors
     def mirror(self, topic: str) -> str:
         r = self.cli("mirror", "create", topic, "--link", self.name)

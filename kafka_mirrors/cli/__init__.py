@@ -105,6 +105,12 @@ def _register() -> None:
     app.command("promote")(dr.promote)
     app.command("failover")(dr.failover)
 
+    from kafka_mirrors.cli import failback
+
+    app.command("reverse-and-start")(failback.reverse_and_start)
+    app.command("reverse-and-pause")(failback.reverse_and_pause)
+    app.command("truncate-and-restore")(failback.truncate_and_restore)
+
 
 _register()
 

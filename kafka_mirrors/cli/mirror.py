@@ -111,3 +111,10 @@ app.command("pause")(_dr.pause)
 app.command("resume")(_dr.resume)
 app.command("promote")(_dr.promote)
 app.command("failover")(_dr.failover)
+
+# fail back (failback.py), also top-level
+from kafka_mirrors.cli import failback as _failback  # noqa: E402
+
+app.command("reverse-and-start")(_failback.reverse_and_start)
+app.command("reverse-and-pause")(_failback.reverse_and_pause)
+app.command("truncate-and-restore")(_failback.truncate_and_restore)
