@@ -72,6 +72,10 @@ class Rate:
     seconds: float = 0.0          # copy time (first record seen -> last), the rate's base
     wall_seconds: float | None = None  # including process start-up
     cpu_seconds: float | None = None
+    # CPU time of the copier per record copied, over the copy window only (start-up left
+    # out): steadier than records/s when other processes share the CPUs
+    cpu_us_per_record: float | None = None
+    cpu_us_by_thread: dict[str, float] = field(default_factory=dict)  # same, per thread name
     max_rss_mib: float | None = None
     unavailable: str | None = None  # why there is no number
 
@@ -101,6 +105,10 @@ class ProcessProbe:
         self.pid = pid
         self.max_rss_kib = 0
         self.cpu_start = self.cpu()
+        self.cpu_at_first_copy: float | None = None  # set by wait_for_copy
+        self.cpu_at_done: float | None = None
+        self.threads_at_first_copy: dict[str, float] = {}
+        self.threads_at_done: dict[str, float] = {}
 
     def cpu(self) -> float | None:
         try:
@@ -108,6 +116,24 @@ class ProcessProbe:
             return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
         except (OSError, IndexError, ValueError):
             return None
+
+    def threads_cpu(self) -> dict[str, float]:
+        """CPU seconds per thread name (librdkafka names its threads rdk:main, rdk:broker1...;
+        the Python interpreter's thread is named after the executable)."""
+        out: dict[str, float] = {}
+        try:
+            tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
+        except OSError:
+            return out
+        for task in tasks:
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return out
 
     def sample(self) -> None:
         try:
@@ -214,7 +240,13 @@ def wait_for_copy(dst: Offsets, target: dict[int, int], timeout: float, probe: P
             probe.sample()
         if copied and first_seen is None:
             first_seen, first_count = now, copied
+            if probe:
+                probe.cpu_at_first_copy = probe.cpu()
+                probe.threads_at_first_copy = probe.threads_cpu()
         if all(offsets.get(p, 0) >= end for p, end in target.items()):
+            if probe:
+                probe.cpu_at_done = probe.cpu()
+                probe.threads_at_done = probe.threads_cpu()
             return first_seen, now, first_count
         alive()
         if now - start > timeout:
@@ -229,6 +261,16 @@ def copy_window(records: int, first: float, done: float, first_count: int, start
     if first_count * 2 > records or done - first < 0.5:
         return records, done - started
     return records - first_count, done - first
+
+
+def cpu_per_record(probe: ProcessProbe, records: int, first_count: int) -> float | None:
+    """CPU microseconds per record from the first copied record seen to the last (the
+    records already there at first sight are left out, like their CPU time)."""
+    a, b = probe.cpu_at_first_copy, probe.cpu_at_done
+    n = records - first_count
+    if a is None or b is None or n < records // 10:
+        return None
+    return (b - a) * 1e6 / n
 
 
 def measure_latency(system: str, src: Cluster, dst: Cluster, src_topic: str, dst_topic: str,
@@ -339,6 +381,7 @@ def run_mm2(local_env: dict, src: Cluster, dst: Cluster, records: int, partition
         rate.records, rate.seconds = copy_window(records, first, done, first_count, started)
         rate.wall_seconds = done - started
         rate.cpu_seconds = probe.cpu_used()
+        rate.cpu_us_per_record = cpu_per_record(probe, records, first_count)
         rate.max_rss_mib = probe.max_rss_mib
         log(f"MirrorMaker 2 copied {records} records ({rate.records_per_s:,.0f} records/s)")
         if latency_seconds > 0:
@@ -360,8 +403,9 @@ def run_mm2(local_env: dict, src: Cluster, dst: Cluster, records: int, partition
 class KafkaMirrors:
     """Drives the kafka-mirrors CLI as a user would, with a registry of its own."""
 
-    def __init__(self, exe: str, workdir: Path):
+    def __init__(self, exe: str, workdir: Path, profile: str | None = None):
         self.exe = exe
+        self.profile = profile
         self.registry = workdir / "links.toml"
         self.worker_log = workdir / "worker.log"
 
@@ -375,19 +419,28 @@ class KafkaMirrors:
             first = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()
             raise Unavailable(f"'kafka-mirrors {' '.join(args[:2])}' failed: {first[-1] if first else ''}")
 
+    def worker_command(self) -> list[str]:
+        args = ["--registry", str(self.registry), "run", "--link", LINK]
+        if self.profile:
+            # cProfile slows Python calls down: the rate and CPU rows of such a run are not
+            # comparable with others; it is for finding where the time goes
+            return [sys.executable, "-m", "cProfile", "-o", self.profile, "-m", "kafka_mirrors", *args]
+        return [self.exe, *args]
+
 
 class Unavailable(Exception):
     """kafka-mirrors could not be measured; the message says why."""
 
 
 def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, records: int, partitions: int,
-                      latency_seconds: float, mb_s: float, size: int, timeout: float) -> tuple[Rate, Latency]:
-    rate = Rate("kafka-mirrors (1 worker)", records)
+                      latency_seconds: float, mb_s: float, size: int, timeout: float,
+                      profile: str | None = None) -> tuple[Rate, Latency]:
+    rate = Rate("kafka-mirrors (1 worker)" + (" under cProfile" if profile else ""), records)
     lat = Latency("kafka-mirrors", target_mb_s=mb_s)
     if not shutil.which(exe):
         rate.unavailable = lat.unavailable = f"{exe} not found"
         return rate, lat
-    km = KafkaMirrors(exe, workdir)
+    km = KafkaMirrors(exe, workdir, profile)
     worker = None
     try:
         km.must("link", "create", LINK, "--source", src.bootstrap, "--destination", dst.bootstrap)
@@ -395,7 +448,7 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
         km.must("mirror", "create", LATENCY_TOPIC_KM, "--link", LINK)
         started = time.monotonic()
         with open(km.worker_log, "wb") as out:
-            worker = subprocess.Popen([exe, "--registry", str(km.registry), "run", "--link", LINK],
+            worker = subprocess.Popen(km.worker_command(),
                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         probe = ProcessProbe(worker.pid)
 
@@ -418,6 +471,11 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
         rate.records, rate.seconds = copy_window(records, first, done, first_count, started)
         rate.wall_seconds = done - started
         rate.cpu_seconds = probe.cpu_used()
+        rate.cpu_us_per_record = cpu_per_record(probe, records, first_count)
+        n = records - first_count
+        if rate.cpu_us_per_record is not None:
+            rate.cpu_us_by_thread = {name: (cpu - probe.threads_at_first_copy.get(name, 0.0)) * 1e6 / n
+                                     for name, cpu in probe.threads_at_done.items()}
         rate.max_rss_mib = probe.max_rss_mib
         log(f"kafka-mirrors copied {records} records ({rate.records_per_s:,.0f} records/s)")
         if latency_seconds > 0:
@@ -458,7 +516,7 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
     print()
     print(f"Copy rate: {args.records:,} records of {args.record_size} B over {args.partitions} partitions"
           f" (MB = 10^6 bytes of values)")
-    head = f"{'system':<34} {'records/s':>11} {'MB/s':>8} {'vs raw producer':>16} {'wall s':>8} {'CPU s':>7} {'max RSS MiB':>12}"
+    head = f"{'system':<34} {'records/s':>11} {'MB/s':>8} {'vs raw producer':>16} {'wall s':>8} {'CPU s':>7} {'CPU us/rec':>10} {'max RSS MiB':>12}"
     print(head)
     print("-" * len(head))
 
@@ -473,10 +531,14 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
         ratio = r.records_per_s / raw.records_per_s if raw.records_per_s and r is not raw else None
         vs = "baseline" if r is raw else (f"{ratio:.2f}x" if ratio is not None else "-")
         print(f"{r.system:<34} {r.records_per_s:>11,.0f} {mb:>8.1f} {vs:>16} "
-              f"{opt(r.wall_seconds, '.1f'):>8} {opt(r.cpu_seconds, '.1f'):>7} {opt(r.max_rss_mib, '.0f'):>12}")
+              f"{opt(r.wall_seconds, '.1f'):>8} {opt(r.cpu_seconds, '.1f'):>7} {opt(r.cpu_us_per_record, '.1f'):>10} {opt(r.max_rss_mib, '.0f'):>12}")
     print("records/s is measured from the first copied record seen on the destination to the last;"
           " 'wall s' includes process start-up.")
     km = next((r for r in rates if r.system.startswith("kafka-mirrors")), None)
+    if km and km.cpu_us_by_thread:
+        busy = sorted(km.cpu_us_by_thread.items(), key=lambda kv: -kv[1])
+        print("kafka-mirrors CPU us/rec by thread: "
+              + ", ".join(f"{name} {us:.1f}" for name, us in busy if us >= 0.05))
     if km and not km.unavailable and raw.records_per_s:
         ratio = km.records_per_s / raw.records_per_s
         print(f"first target (copy rate >= 0.5x raw producer): {'met' if ratio >= 0.5 else 'NOT met'} ({ratio:.2f}x)")
@@ -518,6 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-mm2", action="store_true", help="do not run the MirrorMaker 2 baseline")
     ap.add_argument("--kafka-mirrors", default=str(ROOT / ".venv" / "bin" / "kafka-mirrors"),
                     help="the kafka-mirrors executable (default .venv/bin/kafka-mirrors)")
+    ap.add_argument("--worker-profile", metavar="PATH",
+                    help="run the kafka-mirrors worker under cProfile and write its stats to PATH "
+                         "(read with python -m pstats; that run's numbers are not comparable)")
     args = ap.parse_args(argv)
     if args.records < 1 or args.record_size < 16 or args.partitions < 1:
         ap.error("--records >= 1, --record-size >= 16 and --partitions >= 1 are required")
@@ -549,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
         log("raw producer into the destination")
         cpu0 = time.process_time()
         secs = bulk_produce(dst, RAW_TOPIC, args.records, args.record_size, args.partitions)
-        raw = Rate("raw producer -> destination", args.records, secs, secs, time.process_time() - cpu0)
+        cpu = time.process_time() - cpu0
+        raw = Rate("raw producer -> destination", args.records, secs, secs, cpu,
+                   cpu_us_per_record=cpu * 1e6 / args.records)
         rates.append(raw)
 
         if args.latency_seconds > 0:
@@ -571,7 +638,8 @@ def main(argv: list[str] | None = None) -> int:
 
         log("kafka-mirrors")
         r, lat = run_kafka_mirrors(args.kafka_mirrors, workdir, src, dst, args.records, args.partitions,
-                                   args.latency_seconds, args.mb_per_s, args.record_size, args.timeout)
+                                   args.latency_seconds, args.mb_per_s, args.record_size, args.timeout,
+                                   args.worker_profile)
         rates.append(r)
         latencies.append(lat)
         verified = None
