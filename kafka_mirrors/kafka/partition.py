@@ -34,9 +34,11 @@ from kafka_mirrors.errors import KafkaOperationError
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
 from kafka_mirrors.replication.interfaces import (
+    NO_REPORTS,
     Confirmation,
     FetchResult,
     Record,
+    Reports,
     SourceOffsets,
 )
 
@@ -103,6 +105,29 @@ def to_record(msg) -> Record:
     )
 
 
+class MessageRecords(Sequence[Record]):
+    """The records of one fetch as the consumer's Message objects, seen as Records only
+    where asked: the copier looks at a few offsets (run ends, the held record) and hands
+    slices on to the sink, which produces straight from the messages. No Python object is
+    made per copied record on that path."""
+
+    __slots__ = ("messages",)
+
+    def __init__(self, messages: list):
+        self.messages = messages
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return MessageRecords(self.messages[i])
+        return to_record(self.messages[i])
+
+    def __iter__(self):
+        return map(to_record, self.messages)
+
+
 def read_range(conf: Mapping[str, object], topic: str, partition: int, start: int, end: int,
                timeout: float = 30.0) -> list[Record]:
     """The read_committed records with start <= offset < end, with a throwaway consumer."""
@@ -133,7 +158,10 @@ def read_range(conf: Mapping[str, object], topic: str, partition: int, start: in
 
 @dataclass
 class _Buffer:
-    records: collections.deque = field(default_factory=collections.deque)
+    # consecutive runs of one partition's messages as the consumer returned them (list
+    # slices: no per-message work to buffer them), `count` messages in all
+    chunks: collections.deque = field(default_factory=collections.deque)
+    count: int = 0
     end_offset: int | None = None  # the last PARTITION_EOF seen after the buffered records
     paused: bool = False
 
@@ -188,37 +216,61 @@ class SourceFeed:
         if first is None:
             return 0
         msgs = [first, *self.consumer.consume(self.batch - 1, 0)]
+        # A fetch response's messages of one partition come in a row: find the rows with
+        # three calls per message and buffer each row as one slice.
         buffers = self.buffers
-        for m in msgs:
-            key = (m.topic(), m.partition())
-            buf = buffers.get(key)
-            if buf is None:
-                continue
+        buf = None
+        topic, partition, start = None, -1, 0
+        for i, m in enumerate(msgs):
             err = m.error()
+            if err is None and m.partition() == partition and m.topic() == topic:
+                continue
+            if buf is not None and i > start:
+                buf.chunks.append(msgs[start:i])
+                buf.count += i - start
+                buf.end_offset = None
+            topic, partition, start = m.topic(), m.partition(), i
+            buf = buffers.get((topic, partition))
             if err is not None:
+                start = i + 1
+                if buf is None:
+                    continue
                 if err.code() == KafkaError._PARTITION_EOF:
                     buf.end_offset = m.offset()
                     continue
-                raise KafkaOperationError(f"{self.label}: fetch of {key[0]}-{key[1]} failed: {err.str()}")
-            buf.records.append(m)
+                raise KafkaOperationError(f"{self.label}: fetch of {topic}-{partition} failed: {err.str()}")
+        if buf is not None and len(msgs) > start:
+            buf.chunks.append(msgs[start:])
+            buf.count += len(msgs) - start
             buf.end_offset = None
         for key, buf in buffers.items():
-            if not buf.paused and len(buf.records) >= self.MAX_BUFFERED:
+            if not buf.paused and buf.count >= self.MAX_BUFFERED:
                 self.consumer.pause([TopicPartition(*key)])
                 buf.paused = True
         return len(msgs)
 
     def take(self, topic: str, partition: int, max_records: int, timeout: float) -> FetchResult:
         buf = self.buffers[(topic, partition)]
-        if not buf.records and buf.end_offset is None:
+        if not buf.count and buf.end_offset is None:
             self.pump(timeout)
-        n = min(max_records, len(buf.records))
-        popleft = buf.records.popleft
-        recs = [to_record(popleft()) for _ in range(n)]
-        if buf.paused and len(buf.records) < self.MAX_BUFFERED // 2:
+        chunks = buf.chunks
+        msgs: list = []
+        while chunks and len(msgs) < max_records:
+            chunk = chunks.popleft()
+            room = max_records - len(msgs)
+            if len(chunk) > room:
+                chunks.appendleft(chunk[room:])
+                chunk = chunk[:room]
+            if msgs:
+                msgs += chunk
+            else:
+                msgs = chunk
+        buf.count -= len(msgs)
+        recs = MessageRecords(msgs)
+        if buf.paused and buf.count < self.MAX_BUFFERED // 2:
             self.consumer.resume([TopicPartition(topic, partition)])
             buf.paused = False
-        end = buf.end_offset if not buf.records else None
+        end = buf.end_offset if not buf.count else None
         hw = None
         if end is not None:
             # the high watermark from the last fetch response: tells the copier whether an
@@ -256,12 +308,25 @@ class KafkaPartitionSource:
 
 # ---------------------------------------------------------------- sink
 
+class _Tally:
+    """What one partition's delivery callback saw since the copier last asked."""
+
+    __slots__ = ("count", "last_expected", "mismatches")
+
+    def __init__(self):
+        self.count = 0
+        self.last_expected: int | None = None
+        self.mismatches: list[Confirmation] = []
+
+
 class SinkProducers:
     """The destination-side producers of one worker.
 
     The fast path shares one idempotent producer (acks=all, ordered, bounded in-flight)
     across partitions; delivery reports are matched to the source offsets they copy in
-    order, per partition (an idempotent producer keeps per-partition order). A
+    order, per partition (an idempotent producer keeps per-partition order), and checked
+    as they arrive: the per-partition callback compares each report's offset with the
+    source offset its record copies and keeps only a tally and the mismatches. A
     transactional producer, with a transactional.id derived from link, topic and
     partition, is made only for a partition that shows a gap, so a second copier of the
     same partition fences the first."""
@@ -273,7 +338,7 @@ class SinkProducers:
         self.label = label
         self.delivery_timeout_ms = delivery_timeout_ms
         self.pending: dict[tuple[str, int], collections.deque] = collections.defaultdict(collections.deque)
-        self.confirmed: dict[tuple[str, int], list[Confirmation]] = collections.defaultdict(list)
+        self._tallies: dict[tuple[str, int], _Tally] = {}
         self.producer = Producer(_quiet({
             **conf,
             "enable.idempotence": True,
@@ -293,42 +358,74 @@ class SinkProducers:
 
     def _reporter(self, key: tuple[str, int]):
         """The delivery callback of one partition: matches each report, in order, to the
-        source offset its record copies (no per-record lookups of topic and partition)."""
+        source offset its record copies and checks it there (no per-record lookups of
+        topic and partition, no object kept for a report that matches)."""
         cb = self._callbacks.get(key)
         if cb is None:
-            pending = self.pending[key]
-            popleft = pending.popleft
+            popleft = self.pending[key].popleft
+            tally = self._tallies[key] = _Tally()
+            mismatches = tally.mismatches
 
-            def cb(err, msg, confirmed=self.confirmed, key=key):
+            def cb(err, msg):
                 expected = popleft()
-                confirmed[key].append(Confirmation(expected, None, err.str()) if err is not None
-                                      else Confirmation(expected, msg.offset()))
+                tally.last_expected = expected
+                tally.count += 1
+                if err is not None:
+                    mismatches.append(Confirmation(expected, None, err.str()))
+                elif msg.offset() != expected:
+                    mismatches.append(Confirmation(expected, msg.offset()))
             self._callbacks[key] = cb
         return cb
 
     def produce(self, topic: str, partition: int, records: Sequence[Record]) -> None:
         key = (topic, partition)
-        pending = self.pending[key]
+        append = self.pending[key].append
         produce = self.producer.produce
         cb = self._reporter(key)
-        for r in records:
-            pending.append(r.offset)
-            while True:
+        messages = records.messages if type(records) is MessageRecords else None
+        if messages is not None:
+            # straight from the consumer's messages: no Record per copied record
+            for m in messages:
+                append(m.offset())
+                value, k, ts, headers = m.value(), m.key(), m.timestamp()[1], m.headers()
+                try:
+                    produce(topic, value, k, partition=partition, timestamp=ts, headers=headers,
+                            on_delivery=cb)
+                except BufferError:
+                    self._produce_when_room(topic, value, k, partition, ts, headers, cb)
+        else:
+            for r in records:
+                append(r.offset)
+                headers = list(r.headers) if r.headers else None
                 try:
                     produce(topic, r.value, r.key, partition=partition, timestamp=r.timestamp,
-                            headers=list(r.headers) if r.headers else None, on_delivery=cb)
-                    break
+                            headers=headers, on_delivery=cb)
                 except BufferError:
-                    # local queue full: serve delivery reports, then try again
-                    self.producer.poll(0.05)
+                    self._produce_when_room(topic, r.value, r.key, partition, r.timestamp, headers, cb)
         self.producer.poll(0)
 
-    def take_confirmations(self, topic: str, partition: int) -> list[Confirmation]:
-        self.producer.poll(0)
-        out = self.confirmed.pop((topic, partition), None)
-        return out or []
+    def _produce_when_room(self, topic, value, key, partition, timestamp, headers, cb) -> None:
+        while True:
+            # local queue full: serve delivery reports, then try again
+            self.producer.poll(0.05)
+            try:
+                self.producer.produce(topic, value, key, partition=partition, timestamp=timestamp,
+                                      headers=headers, on_delivery=cb)
+                return
+            except BufferError:
+                continue
 
-    def flush(self, topic: str, partition: int, timeout: float) -> list[Confirmation]:
+    def take_confirmations(self, topic: str, partition: int) -> Reports:
+        self.producer.poll(0)
+        tally = self._tallies.get((topic, partition))
+        if tally is None or not tally.count:
+            return NO_REPORTS
+        out = Reports(tally.count, tally.last_expected, tuple(tally.mismatches))
+        tally.count = 0
+        tally.mismatches.clear()
+        return out
+
+    def flush(self, topic: str, partition: int, timeout: float) -> Reports:
         deadline = time.monotonic() + timeout
         while self.pending[(topic, partition)] and time.monotonic() < deadline:
             self.producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
@@ -369,7 +466,7 @@ class SinkProducers:
         self.producer.purge()
         self.producer.flush(5)
         self.pending.clear()
-        self.confirmed.clear()
+        self._tallies.clear()
         self._callbacks.clear()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -440,10 +537,10 @@ class KafkaPartitionSink:
     def produce(self, records: Sequence[Record]) -> None:
         self.producers.produce(self.topic, self.partition, records)
 
-    def confirmations(self) -> list[Confirmation]:
+    def confirmations(self) -> Reports:
         return self.producers.take_confirmations(self.topic, self.partition)
 
-    def flush(self, timeout: float) -> list[Confirmation]:
+    def flush(self, timeout: float) -> Reports:
         return self.producers.flush(self.topic, self.partition, timeout)
 
     # -- gaps
@@ -498,9 +595,12 @@ class KafkaPartitionSink:
     def fill(self, first_offset: int, count: int) -> Confirmation:
         recs = self._fillers(first_offset, count)
         self.produce(recs)
-        confs = self.flush(60)
-        bad = [c for c in confs if c.error or c.assigned_offset != c.expected_offset]
-        return bad[0] if bad else confs[0]
+        reports = self.flush(60)
+        if reports.mismatches:
+            return reports.mismatches[0]
+        if reports.count != count or reports.last_expected != first_offset + count - 1:
+            return Confirmation(first_offset, None, f"{reports.count} delivery reports for {count} fillers")
+        return Confirmation(first_offset, first_offset)
 
     def delete_records_before(self, offset: int) -> None:
         if self.filler_key is not None:

@@ -29,6 +29,7 @@ from kafka_mirrors.replication.interfaces import (
     PartitionSink,
     PartitionSource,
     Record,
+    Reports,
 )
 from kafka_mirrors.replication.plan import (
     ABORT_FILLERS,
@@ -102,7 +103,9 @@ class PartitionCopier:
         self._next = 0
         self._confirmed = 0
         self._held: Record | None = None
-        self._batch: list[Record] = []  # planned, not yet handed to sink.produce
+        # planned, not yet handed to sink.produce: consecutive chunks of records, each a
+        # (held,) tuple or a slice of what the source returned (never copied record by record)
+        self._batch: list[Sequence[Record]] = []
         self._in_flight = 0
         self._last_retention_check = float("-inf")
         self._progress = PartitionProgress()
@@ -185,7 +188,7 @@ class PartitionCopier:
             expected = held.offset + 1 if held is not None else self._next
             if first == expected:
                 if held is not None:
-                    self._batch.append(held)
+                    self._batch.append((held,))
             elif first > expected:
                 self._plan_gap(first)  # may hand the batch to the sink: re-read self._batch
             else:
@@ -195,7 +198,7 @@ class PartitionCopier:
                 )
             if run_end - pos > 1:
                 # every record of the run but the last is followed by a known record
-                self._batch.extend(records[pos:run_end - 1])
+                self._batch.append(records[pos:run_end - 1])
             held = self._held = records[run_end - 1]
             self._next = held.offset
             pos = run_end
@@ -237,7 +240,7 @@ class PartitionCopier:
         held = self._held
         if held is not None:
             if end_offset == held.offset + 1:
-                self._batch.append(held)
+                self._batch.append((held,))
                 self._held = None
                 self._next = end_offset
             elif end_offset > held.offset + 1:
@@ -256,7 +259,7 @@ class PartitionCopier:
         for action in actions:
             kind = action.kind
             if kind == PRODUCE_HELD:
-                self._batch.append(held)
+                self._batch.append((held,))
                 self._next = held.offset + 1
             elif kind == COMMIT_HELD:
                 self._send_and_flush()
@@ -329,10 +332,11 @@ class PartitionCopier:
     def _send(self) -> None:
         batch = self._batch
         if batch:
-            # a new list: the sink may keep the one it was given
             self._batch = []
-            self._sink.produce(batch)
-            self._in_flight += len(batch)
+            produce = self._sink.produce
+            for chunk in batch:
+                produce(chunk)
+                self._in_flight += len(chunk)
             self._count("batches")
 
     def _send_and_flush(self) -> None:
@@ -350,18 +354,19 @@ class PartitionCopier:
 
     def _take_confirmations(self) -> None:
         if self._in_flight:
-            confirmations = self._sink.confirmations()
-            if confirmations:
-                self._check(confirmations)
+            reports = self._sink.confirmations()
+            if reports.count:
+                self._check(reports)
 
-    def _check(self, confirmations: list[Confirmation]) -> None:
-        for c in confirmations:
-            if c.assigned_offset != c.expected_offset or c.error is not None:
-                self._verify(c)
-        if confirmations:
-            self._in_flight -= len(confirmations)
-            self._progress.records_copied += len(confirmations)
-            self._confirmed = max(self._confirmed, confirmations[-1].expected_offset + 1)
+    def _check(self, reports: Reports) -> None:
+        # the sink compared each report with the offset it copies; a mismatch fails here
+        for c in reports.mismatches:
+            self._verify(c)
+        count = reports.count
+        if count:
+            self._in_flight -= count
+            self._progress.records_copied += count
+            self._confirmed = max(self._confirmed, reports.last_expected + 1)
 
     def _verify(self, c: Confirmation) -> None:
         if c.error is not None:

@@ -76,6 +76,29 @@ class Confirmation(NamedTuple):
     error: str | None = None
 
 
+class Reports(NamedTuple):
+    """The delivery reports of fast-path writes taken at once. The sink checks each report
+    as it arrives against the source offset its record copies (DESIGN.md section 4,
+    invariant 4) and hands back a tally plus every report that failed the check, so the
+    copier does no per-record work for the reports that passed."""
+
+    count: int  # reports taken, good and bad
+    last_expected: int | None = None  # the source offset the last of them copies
+    mismatches: tuple[Confirmation, ...] = ()  # an error, or an offset other than expected; in order
+
+    @staticmethod
+    def of(confirmations: Sequence[Confirmation]) -> "Reports":
+        """Check a list of single reports (for sinks that collect them one by one)."""
+        if not confirmations:
+            return NO_REPORTS
+        bad = tuple(c for c in confirmations
+                    if c.error is not None or c.assigned_offset != c.expected_offset)
+        return Reports(len(confirmations), confirmations[-1].expected_offset, bad)
+
+
+NO_REPORTS = Reports(0)
+
+
 class PartitionSink(Protocol):
     def log_end_offset(self) -> int:
         """Fresh ListOffsets latest of the destination partition (counts markers)."""
@@ -84,13 +107,14 @@ class PartitionSink(Protocol):
 
     def produce(self, records: Sequence[Record]) -> None:
         """Fast path: append through the idempotent (non-transactional) producer,
-        asynchronously. Each record is expected to land at record.offset."""
+        asynchronously. Each record is expected to land at record.offset. `records` may be
+        a sequence the source made (a sink may recognise its own kind and skip Record)."""
 
-    def confirmations(self) -> list[Confirmation]:
-        """Delivery reports that arrived since the last call (serves the poll loop)."""
+    def confirmations(self) -> Reports:
+        """Delivery reports that arrived since the last call, checked (serves the poll loop)."""
 
-    def flush(self, timeout: float) -> list[Confirmation]:
-        """Wait until every produced record is confirmed; return the reports."""
+    def flush(self, timeout: float) -> Reports:
+        """Wait until every produced record is confirmed; return the checked reports."""
 
     def commit_one(self, record: Record) -> Confirmation:
         """Write `record` alone in a transaction and commit it: its commit marker lands on

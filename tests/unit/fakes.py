@@ -14,7 +14,7 @@ import bisect
 import random
 from dataclasses import dataclass
 
-from kafka_mirrors.replication.interfaces import Confirmation, FetchResult, Headers, Record, SourceOffsets
+from kafka_mirrors.replication.interfaces import Confirmation, FetchResult, Headers, Record, Reports, SourceOffsets
 
 FILLER_HEADER = "kafka-mirrors.filler"
 
@@ -202,6 +202,7 @@ class FakeSink:
         self.misreport: dict[int, int] = {}  # expected offset -> offset to claim instead
         self.crash_in_commit_one = False
         self.calls: list[str] = []
+        self.chunks: list = []  # what each produce() call was given
         self.fenced = 0
 
     def _filler(self, offset: int) -> Record:
@@ -226,18 +227,19 @@ class FakeSink:
 
     def produce(self, records) -> None:
         self.calls.append("produce")
+        self.chunks.append(records)
         self.queued.extend(records)
 
-    def confirmations(self) -> list[Confirmation]:
+    def confirmations(self) -> Reports:
         n = len(self.queued) if self.rng is None else self.rng.randint(0, len(self.queued))
         self._deliver(n)
         out, self.reports = self.reports, []
-        return out
+        return Reports.of(out)
 
-    def flush(self, timeout: float) -> list[Confirmation]:
+    def flush(self, timeout: float) -> Reports:
         self._deliver(len(self.queued))
         out, self.reports = self.reports, []
-        return out
+        return Reports.of(out)
 
     def commit_one(self, record: Record) -> Confirmation:
         self.calls.append("commit_one")
