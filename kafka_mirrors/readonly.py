@@ -26,6 +26,7 @@ writable, so the step fails instead.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from kafka_mirrors.errors import ConflictError, KafkaAuthError, KafkaMirrorsError
@@ -33,6 +34,7 @@ from kafka_mirrors.kafka import acls as ka
 from kafka_mirrors.kafka.acls import Acl
 
 WRITERS_OPS = ("WRITE", "ALL")
+VISIBLE_WAIT_S = 5.0
 EVERYONE = "User:*"
 
 
@@ -197,7 +199,7 @@ class ReadOnlyAcls:
             if allow not in existing:
                 ka.create(self.admin, [allow])
                 made.append(allow)
-                existing = ka.topic_acls(self.admin)
+                existing = self._wait_visible(allow)
                 if allow not in existing:
                     raise KafkaAuthError(
                         f"cannot read the ACLs of the {self.admin.label} as {self.principal} (DescribeAcls "
@@ -209,6 +211,8 @@ class ReadOnlyAcls:
             ka.create(self.admin, to_create)
             made += to_create
             deleted = ka.delete(self.admin, to_delete)
+            if to_create or to_delete:
+                self._wait_applied(to_create, to_delete)
         except KafkaMirrorsError:
             try:
                 ka.delete(self.admin, made)
@@ -219,6 +223,22 @@ class ReadOnlyAcls:
         changes.deleted = deleted
         kept = [a for a in recorded if a not in to_delete] + made
         return kept, changes
+
+    def _wait_visible(self, acl: Acl) -> list[Acl]:
+        return self._wait_applied([acl], [])
+
+    def _wait_applied(self, present: list[Acl], absent: list[Acl]) -> list[Acl]:
+        """The topic ACLs once `present` show up in them and `absent` are gone, or as they
+        are after a while: a broker answers DescribeAcls (and authorizes) from its metadata
+        image, which follows the controller a moment after CreateAcls/DeleteAcls returned."""
+        deadline = time.monotonic() + min(VISIBLE_WAIT_S, self.admin.timeout)
+        while True:
+            existing = ka.topic_acls(self.admin)
+            have = set(existing)
+            if (all(a in have for a in present) and not any(a in have for a in absent)) \
+                    or time.monotonic() >= deadline:
+                return existing
+            time.sleep(0.1)
 
     def undo(self, created: list[Acl]) -> None:
         ka.delete(self.admin, created)
@@ -246,6 +266,7 @@ class ReadOnlyAcls:
             recorded += to_create
             changes.deleted = ka.delete(self.admin, to_delete)
             recorded = [a for a in recorded if a not in to_delete]
+            self._wait_applied(to_create, to_delete)
         except KafkaMirrorsError as exc:
             raise AclStepError(f"ACLs of '{topic}' only partly changed: {exc.message}", exc.hint,
                                recorded, changes) from None

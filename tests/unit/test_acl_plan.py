@@ -15,7 +15,7 @@ from kafka_mirrors.state import ACTIVE, STOPPED, MirrorRecord
 
 T = "orders"
 LINKER = "User:linker"
-ADMIN = SimpleNamespace(label="destination cluster x:1")
+ADMIN = SimpleNamespace(label="destination cluster x:1", timeout=0.3)
 
 
 def allow(principal, name=T, op="WRITE", pattern="LITERAL"):
