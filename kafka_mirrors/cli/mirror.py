@@ -37,10 +37,16 @@ def create(
     from kafka_mirrors.mirrors import create_mirrors
     from kafka_mirrors.registry import resolve_registry
     app_: Application = ctx.obj
-    records = create_mirrors(resolve_registry(app_).get(link), topics, source_topic, config)
+    from kafka_mirrors.readonly import from_json
+    notes: list[str] = []
+    records = create_mirrors(resolve_registry(app_).get(link), topics, source_topic, config, notes=notes)
     for rec in records:
         app_.print(f"created mirror {rec.topic} <- {rec.source_topic} on link {rec.link} "
                    f"({rec.partitions} partitions, {rec.state})")
+        for acl in from_json(rec.acls):
+            app_.print(f"  read-only: created ACL {acl}")
+    for note in notes:
+        app_.warn(note)
 
 
 @app.command("list")
