@@ -169,7 +169,7 @@ class ReadOnlyAcls:
                     "--config link.principal=User:NAME'")
         return None
 
-    # ---- mirror create / resume / worker tick
+    # ---- mirror create, the worker's tick
     def check(self, topic: str, recorded: list[Acl] = ()) -> None:
         """Read-only checks before anything is created: a DENY not made by kafka-mirrors
         that would stop the link's own writes is a conflict."""
@@ -246,8 +246,8 @@ class ReadOnlyAcls:
     # ---- promote / failover
     def release_and_fence(self, topic: str, recorded: list[Acl]) -> tuple[list[Acl], AclChanges]:
         """Lift the read-only DENYs (others may write now) and deny the link's principal
-        WRITE (fencing). Fence first: a failure never leaves the link able to write while
-        others still cannot. Raises AclStepError with what must still be recorded."""
+        WRITE (fencing). The fence comes first, so should a delete fail the link is fenced
+        already. Raises AclStepError with what must still be recorded."""
         recorded = list(recorded)
         changes = AclChanges()
         if not self.principal and not recorded:
