@@ -365,6 +365,11 @@ class _Context:
         self.old = _admin(forward.source, "old source", t)       # the forward link's source
         self.new = _admin(forward.destination, "new primary", t)  # the forward link's destination
         self.timeout = t
+        from kafka_mirrors.readonly import ReadOnlyAcls
+        # where the old source has an authorizer, the reverse mirror is read-only by ACL
+        # like any mirror (readonly.py); the reverse link's principal writes to it
+        self.read_only = ReadOnlyAcls(reverse, self.old)
+        self.notes: list[str] = []
 
     def close(self) -> None:
         self.fwd_store.close()
@@ -394,13 +399,22 @@ def _select(snap, forward: Link, names: list[str], all_: bool, verb: str) -> tup
     return chosen, errors
 
 
+def _make_read_only(ctx: _Context, topic: str) -> list | None:
+    from kafka_mirrors.readonly import to_json
+    acls, changes = ctx.read_only.make_read_only(topic)
+    ctx.notes += [f"{topic}: {w}" for w in changes.warnings]
+    return to_json(acls)
+
+
 def _record_reverse(ctx: _Context, rec: MirrorRecord, new_info, state: str, verb: str,
-                    extra: dict | None = None) -> MirrorRecord:
+                    extra: dict | None = None, acls: list | None = None) -> MirrorRecord:
     """The old source topic becomes a mirror on the reverse link; the forward mirror
     notes it. Reverse first: a crash in between leaves a mirror that works and a forward
     record that a re-run completes."""
+    if acls is None:
+        acls = _make_read_only(ctx, rec.source_topic)
     rev = MirrorRecord(link=ctx.reverse.name, topic=rec.source_topic, source_topic=rec.topic, state=state,
-                       reason=verb, source_topic_id=new_info.topic_id, partitions=new_info.partitions)
+                       reason=verb, source_topic_id=new_info.topic_id, partitions=new_info.partitions, acls=acls)
     ctx.rev_store.put_mirror(rev)
     stopped = dict(rec.stopped or {})
     stopped["reversed"] = {"command": verb, "link": ctx.reverse.name, "topic": rec.source_topic, "at": time.time(),
@@ -454,6 +468,7 @@ def _partitions_view(stop, old_ends, new_ends, saved=None) -> dict[str, dict]:
 def _reverse_one(ctx: _Context, rev_snap, rec: MirrorRecord, start: bool) -> dict:
     verb = "reverse-and-start" if start else "reverse-and-pause"
     _check_not_mirrored(ctx, rev_snap, rec)
+    ctx.read_only.check(rec.source_topic)
     stop = stop_points(rec)
     new_info, _, old_ends, new_ends = _start_points(ctx, rec, verb)
     problems = prefix_problems(stop, old_ends, new_ends)
@@ -469,7 +484,19 @@ def _reverse_one(ctx: _Context, rev_snap, rec: MirrorRecord, start: bool) -> dic
                 partitions=_partitions_view(stop, old_ends, new_ends))
 
 
-def _result(rev: Link, created: bool, rows: list[dict], verb: str) -> dict:
+def _notes(ctx: _Context, rows: list[dict]) -> list[str]:
+    notes = list(ctx.notes)
+    if any(r["ok"] for r in rows):
+        try:
+            note = ctx.read_only.note()
+        except KafkaMirrorsError as exc:
+            note = f"could not check the old source cluster for an authorizer: {exc}"
+        if note:
+            notes.append(note)
+    return notes
+
+
+def _result(rev: Link, created: bool, rows: list[dict], verb: str, notes: list[str] = ()) -> dict:
     done = [r for r in rows if r["ok"]]
     nxt = []
     if done:
@@ -480,7 +507,7 @@ def _result(rev: Link, created: bool, rows: list[dict], verb: str) -> dict:
     return {"command": verb,
             "reverse_link": {"name": rev.name, "created": created, "source": rev.source.bootstrap,
                              "destination": rev.destination.bootstrap},
-            "topics": sorted(rows, key=lambda r: r["topic"]), "next": nxt}
+            "topics": sorted(rows, key=lambda r: r["topic"]), "next": nxt, "notes": list(notes)}
 
 
 def reverse(registry: Registry, link_name: str, names: list[str], all_: bool = False,
@@ -504,7 +531,7 @@ def reverse(registry: Registry, link_name: str, names: list[str], all_: bool = F
                 rows.append(_reverse_one(ctx, rev_snap, rec, start))
             except KafkaMirrorsError as exc:
                 rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} not reversed: {exc}"})
-        return _result(reverse_link, created, rows, verb)
+        return _result(reverse_link, created, rows, verb, _notes(ctx, rows))
     finally:
         ctx.close()
 
@@ -513,6 +540,7 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
     from kafka_mirrors.kafka import topics as kt
     verb = "truncate-and-restore"
     _check_not_mirrored(ctx, rev_snap, rec)
+    ctx.read_only.check(rec.source_topic)  # before anything is deleted
     stop = stop_points(rec)
     restore = (rec.stopped or {}).get("restore")
     new_info = _describe(ctx.new, rec.topic)
@@ -565,9 +593,11 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
     if original:
         _delete_topic(ctx.old, rec.source_topic)
         old_info = None
+    acls = None
     if old_info is None:
         configs = dict(restore.get("configs") or {})
         configs.update(FORCED_CONFIGS)
+        acls = _make_read_only(ctx, rec.source_topic)  # the topic never exists writable by others
         _create_topic(ctx.old, rec.source_topic, new_info.partitions, int(ctx.reverse.option("replication.factor")),
                       configs, fresh_admin=lambda: _admin(ctx.forward.source, "old source", ctx.timeout))
     else:
@@ -578,7 +608,8 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
                                 f"topic and run the command again")
         _ensure_create_time(ctx.old, rec.source_topic)
     saved = {int(p): n for p, n in (restore.get("saved") or {}).items()}
-    _record_reverse(ctx, rec, new_info, ACTIVE, verb, {"side_topic": restore["side_topic"], "saved": restore["saved"]})
+    _record_reverse(ctx, rec, new_info, ACTIVE, verb, {"side_topic": restore["side_topic"], "saved": restore["saved"]},
+                    acls=acls)
     return _row(rec, ctx, state=ACTIVE, action="re-created", side_topic=restore["side_topic"],
                 records_saved=sum(saved.values()), partitions=_partitions_view(stop, old_ends, new_ends, saved))
 
@@ -604,7 +635,7 @@ def truncate_and_restore(registry: Registry, link_name: str, names: list[str], a
                 rows.append(_restore_one(ctx, rev_snap, rec))
             except KafkaMirrorsError as exc:
                 rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} not restored: {exc}"})
-        return _result(reverse_link, created, rows, verb)
+        return _result(reverse_link, created, rows, verb, _notes(ctx, rows))
     finally:
         ctx.close()
 

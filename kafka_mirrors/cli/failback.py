@@ -79,6 +79,8 @@ def _finish(a: Application, view: dict, output: OutputFormat) -> None:
             a.print(f"next: {n}")
 
     a.render(output, view, text)
+    for n in view.get("notes") or []:
+        a.warn(n)
     rows = view["topics"]
     for r in rows:
         if not r["ok"]:

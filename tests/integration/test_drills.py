@@ -124,3 +124,37 @@ def test_truncate_and_restore_needs_yes_without_a_terminal(cli, mirroring, sourc
     assert r.exit_code == 2
     assert "confirmation needed but there is no terminal; pass --yes" in r.stderr
     assert f"{mirroring.name}-reverse" not in cli("link", "list").stdout
+
+
+def test_truncate_and_restore_finishes_after_a_crash_past_the_deletion(cli, mirroring, source, destination,
+                                                                       monkeypatch):
+    from kafka_mirrors import failback
+    from kafka_mirrors.errors import KafkaUnavailableError
+
+    topic = _stopped_mirror(mirroring, cli, source, partitions=1, how="failover")
+    source.produce(topic, [b"tail-1", b"tail-2", b"tail-3"], partition=0)
+    real = failback._create_topic
+
+    def crash(admin, name, *args, **kw):
+        if name == topic:  # the side topic is made; the re-creation of the old topic "crashes"
+            raise KafkaUnavailableError("simulated crash")
+        return real(admin, name, *args, **kw)
+
+    monkeypatch.setattr(failback, "_create_topic", crash)
+    r = cli("truncate-and-restore", topic, "--link", mirroring.name, "--yes")
+    assert r.exit_code == 1 and "simulated crash" in r.stderr
+    restore = drills.mirror_record(destination, mirroring.name, topic).stopped["restore"]
+    assert restore["saved"] == {"0": 3}
+    assert topic not in source.admin().list_topics(timeout=10).topics  # the old topic was deleted
+
+    monkeypatch.setattr(failback, "_create_topic", real)
+    r = cli("truncate-and-restore", topic, "--link", mirroring.name, "--yes", "--output", "json")
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)["topics"][0]
+    # the tail saved by the first run, not saved twice
+    assert (row["side_topic"], row["records_saved"], row["action"]) == (restore["side_topic"], 3, "re-created")
+    assert [s.value for s in mt.snapshot(source, restore["side_topic"], 0)] == [b"tail-1", b"tail-2", b"tail-3"]
+    back = Mirroring.for_link(mirroring, f"{mirroring.name}-reverse", source=destination, destination=source)
+    back.start_worker()
+    back.wait_caught_up(topic)
+    mt.assert_identical(destination, source, topic, topic, partitions=1)
