@@ -192,10 +192,10 @@ def _live_ids(forward: Link, reverse: Link, timeout: float) -> dict[str, str]:
     return out
 
 
-def resolve_reverse_link(registry: Registry, forward: Link, name: str | None,
-                         timeout: float | None = None) -> tuple[Link, bool]:
-    """(the reverse link, whether it was created now). Checks it joins the forward
-    link's clusters the other way round; creates it in the registry if missing."""
+def check_reverse_link(registry: Registry, forward: Link, name: str | None,
+                       timeout: float | None = None) -> tuple[Link, dict[str, str], bool]:
+    """(the reverse link, the live cluster IDs, whether the registry has it already).
+    Checks it joins the forward link's clusters the other way round; records nothing."""
     name = name or default_reverse_name(forward.name)
     if name == forward.name:
         raise UsageError(f"the reverse link cannot be '{forward.name}' itself", "pass another --reverse-link")
@@ -207,18 +207,31 @@ def resolve_reverse_link(registry: Registry, forward: Link, name: str | None,
     if problem:
         raise ConflictError(problem, "pass --reverse-link NAME of a link from the new primary to the old source, "
                                      "or a new name to create one")
-    if existing:
-        return existing, False
-    reverse.source_cluster_id = live["reverse_source"]
-    reverse.destination_cluster_id = live["reverse_destination"]
+    if not existing:
+        reverse.source_cluster_id = live["reverse_source"]
+        reverse.destination_cluster_id = live["reverse_destination"]
+    return reverse, live, existing is not None
+
+
+def save_reverse_link(registry: Registry, forward: Link, reverse: Link, live: dict[str, str]) -> tuple[Link, bool]:
+    """Record a reverse link made by check_reverse_link; (the link, whether it was created)."""
     with registry.update() as links:
-        if name in links:  # made by another process a moment ago: use it if it fits
-            if reverse_link_problem(forward, links[name], live):
-                raise ConflictError(f"link '{name}' was just created by someone else and is not the reverse of "
-                                    f"'{forward.name}'", "pass another --reverse-link")
-            return links[name], False
-        links[name] = reverse
+        if reverse.name in links:  # made by another process a moment ago: use it if it fits
+            if reverse_link_problem(forward, links[reverse.name], live):
+                raise ConflictError(f"link '{reverse.name}' was just created by someone else and is not the "
+                                    f"reverse of '{forward.name}'", "pass another --reverse-link")
+            return links[reverse.name], False
+        links[reverse.name] = reverse
     return reverse, True
+
+
+def resolve_reverse_link(registry: Registry, forward: Link, name: str | None,
+                         timeout: float | None = None) -> tuple[Link, bool]:
+    """(the reverse link, whether it was created now): checked, and recorded if missing."""
+    reverse, live, exists = check_reverse_link(registry, forward, name, timeout)
+    if exists:
+        return reverse, False
+    return save_reverse_link(registry, forward, reverse, live)
 
 
 def _ends(admin, topic: str, partitions: int, which: str = "latest") -> dict[int, int]:
@@ -355,9 +368,15 @@ def copy_tails(conf: dict, topic: str, side_topic: str, tails: Mapping[int, tupl
 # ---------------------------------------------------------------- the commands
 
 class _Context:
-    """The two links, their state stores and admins for one fail-back command."""
+    """The two links, their state stores and admins for one fail-back command. A reverse
+    link new to the registry is recorded just before the first change (`ensure_link`):
+    a command that changes nothing leaves the registry alone too."""
 
-    def __init__(self, forward: Link, reverse: Link):
+    def __init__(self, registry: Registry, forward: Link, reverse: Link, live: dict[str, str], exists: bool):
+        self._live = live
+        self.registry = registry
+        self.created = False
+        self._saved = exists
         t = _timeout(forward)
         self.forward, self.reverse = forward, reverse
         self.fwd_store = StateStore(forward.destination.client_config(), forward.name, t)
@@ -370,6 +389,16 @@ class _Context:
         # like any mirror (readonly.py); the reverse link's principal writes to it
         self.read_only = ReadOnlyAcls(reverse, self.old)
         self.notes: list[str] = []
+
+    @classmethod
+    def open(cls, registry: Registry, forward: Link, reverse_name: str | None) -> "_Context":
+        """Check the reverse link (both clusters must answer), then build the clients."""
+        return cls(registry, forward, *check_reverse_link(registry, forward, reverse_name))
+
+    def ensure_link(self) -> None:
+        if not self._saved:
+            self.reverse, self.created = save_reverse_link(self.registry, self.forward, self.reverse, self._live)
+            self._saved = True
 
     def close(self) -> None:
         self.fwd_store.close()
@@ -477,6 +506,7 @@ def _reverse_one(ctx: _Context, rev_snap, rec: MirrorRecord, start: bool) -> dic
                             f"on the {ctx.new.label}: " + "; ".join(problems),
                             f"save its tail and re-seed it with 'kafka-mirrors truncate-and-restore {rec.topic} "
                             f"--link {ctx.forward.name}'")
+    ctx.ensure_link()
     changed = _ensure_create_time(ctx.old, rec.source_topic)
     state = ACTIVE if start else PAUSED
     _record_reverse(ctx, rec, new_info, state, verb)
@@ -521,8 +551,7 @@ def reverse(registry: Registry, link_name: str, names: list[str], all_: bool = F
         raise UsageError("give TOPIC... or --all, not both")
     if not all_ and not names:
         raise UsageError(f"nothing to {verb}: give TOPIC... or --all")
-    reverse_link, created = resolve_reverse_link(registry, forward, reverse_name)
-    ctx = _Context(forward, reverse_link)
+    ctx = _Context.open(registry, forward, reverse_name)
     try:
         chosen, rows = _select(ctx.fwd_store.snapshot(), forward, names, all_, verb)
         rev_snap = ctx.rev_store.snapshot()
@@ -531,7 +560,7 @@ def reverse(registry: Registry, link_name: str, names: list[str], all_: bool = F
                 rows.append(_reverse_one(ctx, rev_snap, rec, start))
             except KafkaMirrorsError as exc:
                 rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} not reversed: {exc}"})
-        return _result(reverse_link, created, rows, verb, _notes(ctx, rows))
+        return _result(ctx.reverse, ctx.created, rows, verb, _notes(ctx, rows))
     finally:
         ctx.close()
 
@@ -563,6 +592,7 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
             raise ConflictError(f"'{rec.source_topic}' does not line up with the stop offsets (partitions behind: "
                                 f"{behind}, without a stop offset: {missing})", "mirror it by hand")
         tails = divergent_tails(stop, old_ends)
+        ctx.ensure_link()
         if not tails and not prefix_problems(stop, old_ends, new_ends):
             changed = _ensure_create_time(ctx.old, rec.source_topic)
             _record_reverse(ctx, rec, new_info, ACTIVE, verb, {"side_topic": None, "saved": {}})
@@ -587,6 +617,7 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
         stopped["restore"] = restore
         rec = ctx.fwd_store.set_state(rec.topic, STOPPED, reason=rec.reason, stopped=stopped)
     else:
+        ctx.ensure_link()
         old_ends = {int(p): o for p, o in (restore.get("old_log_end_offsets") or {}).items()}
         new_ends = _ends(ctx.new, rec.topic, new_info.partitions)
     # delete the original topic (never a topic someone re-created since), then re-create it
@@ -625,8 +656,7 @@ def truncate_and_restore(registry: Registry, link_name: str, names: list[str], a
         raise UsageError("give TOPIC... or --all, not both")
     if not all_ and not names:
         raise UsageError(f"nothing to {verb}: give TOPIC... or --all")
-    reverse_link, created = resolve_reverse_link(registry, forward, reverse_name)
-    ctx = _Context(forward, reverse_link)
+    ctx = _Context.open(registry, forward, reverse_name)
     try:
         chosen, rows = _select(ctx.fwd_store.snapshot(), forward, names, all_, verb)
         rev_snap = ctx.rev_store.snapshot()
@@ -635,7 +665,7 @@ def truncate_and_restore(registry: Registry, link_name: str, names: list[str], a
                 rows.append(_restore_one(ctx, rev_snap, rec))
             except KafkaMirrorsError as exc:
                 rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} not restored: {exc}"})
-        return _result(reverse_link, created, rows, verb, _notes(ctx, rows))
+        return _result(ctx.reverse, ctx.created, rows, verb, _notes(ctx, rows))
     finally:
         ctx.close()
 

@@ -60,7 +60,8 @@ def test_reverse_refuses_a_diverged_old_source_then_truncate_and_restore_saves_i
     assert f"partition 1: log end offset {stop[1] + 2} is past the stop offset {stop[1]}" in r.stderr
     assert f"kafka-mirrors truncate-and-restore {topic} --link {mirroring.name}" in r.stderr
     reverse = f"{mirroring.name}-reverse"
-    assert f"created reverse link '{reverse}'" in r.stdout  # the link is made before the topics are checked
+    assert "created reverse link" not in r.stdout  # a refusal changes nothing, not even the registry
+    assert reverse not in cli("link", "list").stdout
     assert topic not in st.StateStore(source.conf(), reverse).snapshot().mirrors
     assert drills.mirror_record(destination, mirroring.name, topic).stopped.get("reversed") is None
 
@@ -69,7 +70,8 @@ def test_reverse_refuses_a_diverged_old_source_then_truncate_and_restore_saves_i
     view = json.loads(r.stdout)
     row = view["topics"][0]
     assert (row["action"], row["records_saved"], row["state"]) == ("re-created", 2, st.ACTIVE)
-    assert view["reverse_link"] == {"name": reverse, "created": False, "source": destination.bootstrap,
+    assert f"created reverse link '{reverse}'" not in r.stdout  # JSON only
+    assert view["reverse_link"] == {"name": reverse, "created": True, "source": destination.bootstrap,
                                     "destination": source.bootstrap}
     assert view["next"] == [f"kafka-mirrors run --link {reverse}"]
     saved = mt.snapshot(source, row["side_topic"], 1)
