@@ -42,6 +42,7 @@ BATCH = ("--promote", "--failover", "--pause", "--unpause", "--reverse-and-start
          "--truncate-and-restore")
 # the root options of the native command line: argv starting with one of these stays native
 NATIVE_ROOT = ("--help", "-h", "--version")
+HELP_HINT = "the Confluent-style flags are listed by 'kafka-mirrors --list --help'"
 # how long the cluster-ID comparison may wait for the --bootstrap-server address
 PROBE_TIMEOUT_S = 10.0
 
@@ -102,9 +103,9 @@ class _Parser(argparse.ArgumentParser):
             flag, _, what = message[len("argument "):].partition(": ")
             flag = flag.split("/")[0]
             if "expected one argument" in what:
-                raise UsageError(f"{flag} needs a value", "see 'kafka-mirrors --describe --help'")
-            raise UsageError(f"{flag}: {what}", "see 'kafka-mirrors --describe --help'")
-        raise UsageError(message, "see 'kafka-mirrors --describe --help'")
+                raise UsageError(f"{flag} needs a value", HELP_HINT)
+            raise UsageError(f"{flag}: {what}", HELP_HINT)
+        raise UsageError(message, HELP_HINT)
 
 
 def _parser() -> _Parser:
@@ -162,7 +163,7 @@ def parse(args: list[str]) -> Request | None:
     if extra:
         bad = extra[0]
         if bad.startswith("-"):
-            raise UsageError(f"unknown flag '{bad.split('=')[0]}'", "see 'kafka-mirrors --describe --help'")
+            raise UsageError(f"unknown flag '{bad.split('=')[0]}'", HELP_HINT)
         raise UsageError(f"unexpected argument '{bad}'", "name mirror topics with --topics a,b")
     actions = [a for a in ACTIONS if getattr(ns, "act_" + a[2:].replace("-", "_"))]
     if not actions:
@@ -295,7 +296,8 @@ class Destination:
         return cid == recorded
 
     def matches(self, link, sides: tuple[str, ...] = ("destination",)) -> bool:
-        return any(self.is_side(link, s) for s in sides)
+        # addresses first: a cluster-ID probe costs a round trip (or a timeout)
+        return any(self.same_addresses(link, s) for s in sides) or any(self.is_side(link, s) for s in sides)
 
     def mismatch(self, link, sides: tuple[str, ...] = ("destination",)) -> UsageError:
         if sides == ("destination",):
@@ -566,6 +568,8 @@ def _failback_notes(a: Application, view: dict) -> None:
     rev = view.get("reverse_link") or {}
     if rev.get("created"):
         a.info(f"created link {rev['name']} ({rev['source']} -> {rev['destination']})")
+    for note in view.get("notes") or []:
+        a.warn(note)
     for cmd in view.get("next") or []:
         a.info(f"next: {cmd}")
 

@@ -1,0 +1,133 @@
+"""Must-show 3 of issue 5: the two DR drills of tests/drills.py driven only with the
+Confluent-style flags, as a runbook written for Confluent's kafka-mirrors issues them:
+mirrors made with `--create`, `--promote`/`--failover` by topic with the destination as
+--bootstrap-server (the link found from it), `--reverse-and-start` on the new primary,
+`--truncate-and-restore` against the old source. Nothing prompts and nothing needs --yes.
+Links and workers are kafka-mirrors' own (`link create`, `run`), as Confluent's are
+`kafka-cluster-links` and the broker."""
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+
+from kafka_mirrors import state as st
+from tests import drills
+from tests.mirroring import Mirroring
+
+pytestmark = pytest.mark.integration
+
+
+class ConfluentOps(drills.Ops):
+    """The drills' DR commands as Confluent-style flags (no --yes, no --output)."""
+
+    def promote(self, topic: str):
+        return self.cli("--promote", "--topics", topic, "--bootstrap-server", self.destination.bootstrap,
+                        "--timeout", "120")
+
+    def failover(self, topic: str):
+        return self.cli("--failover", "--topics", topic, "--link", self.link,
+                        "--bootstrap-server", self.destination.bootstrap)
+
+    def reverse_and_start(self, topic: str):
+        return self.cli("--reverse-and-start", "--topics", topic, "--link", self.link,
+                        "--bootstrap-server", self.destination.bootstrap)
+
+    def reverse_and_pause(self, topic: str):
+        return self.cli("--reverse-and-pause", "--topics", topic, "--link", self.link,
+                        "--bootstrap-server", self.destination.bootstrap)
+
+    def truncate_and_restore(self, topic: str):
+        # Confluent runs it against the cluster whose topic is truncated: the old source
+        return self.cli("--truncate-and-restore", "--topics", topic, "--link", self.link,
+                        "--bootstrap-server", self.source.bootstrap)
+
+    def printed_rpo(self, result, topic: str) -> dict[int, int | None]:
+        """The RecordsPossiblyLost column of the partition lines under the topic's line."""
+        out, mine = {}, False
+        for line in result.stdout.splitlines():
+            if not line.startswith("\t"):
+                mine = line.startswith(f"Stopped topic {topic}'s mirror ")
+                continue
+            m = re.match(r"\tPartition: (\d+)\t.*\tRecordsPossiblyLost: (\S+)$", line)
+            if mine and m:
+                out[int(m.group(1))] = None if m.group(2) == "-" else int(m.group(2))
+        assert out, result.stdout
+        return out
+
+
+class ConfluentMirroring(Mirroring):
+    """Mirrors made with `kafka-mirrors --create --mirror-topic T --link L --bootstrap-server DEST`."""
+
+    def mirror(self, topic: str) -> str:
+        r = self.cli("--create", "--mirror-topic", topic, "--link", self.name,
+                     "--bootstrap-server", self.destination.bootstrap)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == f"Created topic {topic}.\n"
+        return topic
+
+
+@pytest.fixture
+def cmirroring(cli, registry_path, source, destination, tmp_path):
+    m = ConfluentMirroring(cli, registry_path, source, destination, tmp_path)
+    yield m
+    m.stop_all()
+
+
+def test_drill_1_planned_migration_with_confluent_flags(cli, cmirroring, source, destination):
+    ops = ConfluentOps(cli, cmirroring.name, source, destination)
+    result = drills.drill_planned_migration(ops, cmirroring)
+    topic, dst = result.topic, destination.bootstrap
+    # what a Confluent runbook checks after the cut-over
+    r = cli("--list", "--link", cmirroring.name, "--bootstrap-server", dst)
+    assert r.exit_code == 0 and topic in r.stdout.splitlines()
+    r = cli("--describe", "--topics", topic, "--bootstrap-server", dst)
+    assert r.exit_code == 0, r.stderr
+    assert f"Topic: {topic}\tLinkName: {cmirroring.name}\tSourceTopic: {topic}\tState: STOPPED" in r.stdout
+    assert r.stdout.count("\tPartition: ") == 2
+    r = cli("--describe", "--topics", topic, "--pending-stopped-only", "--bootstrap-server", dst)
+    assert (r.exit_code, r.stdout) == (0, "No mirror topics found.\n")
+    # the old source now mirrors the new primary over the reverse link
+    r = cli("--describe", "--links", f"{cmirroring.name}-reverse", "--bootstrap-server", source.bootstrap)
+    assert r.exit_code == 0, r.stderr
+    assert f"Topic: {topic}\tLinkName: {cmirroring.name}-reverse\tSourceTopic: {topic}\tState: ACTIVE" in r.stdout
+    assert "\tLag: 0\t" in r.stdout
+
+
+def test_drill_2_disaster_with_confluent_flags(cli, registry_path, local_kafka, destination, tmp_path):
+    src = local_kafka.up(f"cdrill-src-{uuid.uuid4().hex[:8]}")
+    m = None
+    try:
+        m = ConfluentMirroring(cli, registry_path, src, destination, tmp_path)
+        ops = ConfluentOps(cli, m.name, src, destination)
+        result = drills.drill_disaster(ops, m, local_kafka, src)
+        assert result.failover_seconds < 5, result
+        rec = drills.mirror_record(src, f"{m.name}-reverse", result.topic)
+        assert (rec.state, rec.reason) == (st.ACTIVE, "truncate-and-restore")
+    finally:
+        if m is not None:
+            m.stop_all()
+        local_kafka.down(src.name)
+
+
+def test_wrong_bootstrap_server_changes_nothing(cli, cmirroring, source, destination):
+    topic = cmirroring.new_mirror(partitions=1)
+    r = cli("--failover", "--topics", topic, "--link", cmirroring.name, "--bootstrap-server", source.bootstrap)
+    assert r.exit_code == 2
+    assert (f"--bootstrap-server {source.bootstrap} is not the destination of link '{cmirroring.name}' "
+            f"({destination.bootstrap}), it is the link's source") in r.stderr
+    assert cmirroring.state(topic).state == st.ACTIVE
+
+
+def test_another_address_of_the_destination_is_matched_by_cluster_id(cli, cmirroring, destination):
+    topic = cmirroring.new_mirror(partitions=1)
+    host, port = destination.bootstrap.split(",")[0].rsplit(":", 1)
+    other = f"localhost:{port}" if host != "localhost" else f"127.0.0.1:{port}"
+    r = cli("--pause", "--topics", topic, "--bootstrap-server", other)
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout == f"Paused topic {topic}'s mirror on link {cmirroring.name}: PAUSED\n"
+    assert cmirroring.state(topic).state == st.PAUSED
+    r = cli("--unpause", "--link", cmirroring.name, "--bootstrap-server", other)
+    assert r.exit_code == 0, r.stderr
+    assert cmirroring.state(topic).state == st.ACTIVE
