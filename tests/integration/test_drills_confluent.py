@@ -131,3 +131,46 @@ def test_another_address_of_the_destination_is_matched_by_cluster_id(cli, cmirro
     r = cli("--unpause", "--link", cmirroring.name, "--bootstrap-server", other)
     assert r.exit_code == 0, r.stderr
     assert cmirroring.state(topic).state == st.ACTIVE
+
+
+def test_reverse_and_start_on_a_live_mirror_promotes_then_reverses(cli, cmirroring, source, destination):
+    """As in Confluent's tool: --reverse-and-start on a mirror that is still a mirror makes
+    it the primary and the old source its mirror, in one command (here with --link alone,
+    for every mirror of the link)."""
+    topic = cmirroring.new_mirror(partitions=2, records=60)
+    cmirroring.start_worker()
+    cmirroring.wait_caught_up(topic)
+    cmirroring.wait_worker_serving(topic)
+    r = cli("--reverse-and-start", "--link", cmirroring.name, "--bootstrap-server", destination.bootstrap)
+    assert r.exit_code == 0, r.stderr
+    assert f"Stopped topic {topic}'s mirror on link {cmirroring.name}: STOPPED (promoted)" in r.stdout
+    assert (f"Reversed topic {topic}'s mirror on link {cmirroring.name}: {topic} on {source.bootstrap} is now a "
+            f"mirror on link {cmirroring.name}-reverse: ACTIVE (adopted)") in r.stdout
+    assert f"next: kafka-mirrors run --link {cmirroring.name}-reverse" in r.stderr
+    assert cmirroring.state(topic).state == st.STOPPED
+    assert drills.mirror_record(source, f"{cmirroring.name}-reverse", topic).state == st.ACTIVE
+    # a second run finds nothing left to reverse on that link
+    r = cli("--reverse-and-start", "--link", cmirroring.name, "--bootstrap-server", destination.bootstrap)
+    assert r.exit_code == 0 and r.stdout == ""
+    assert "no mirror in a state --reverse-and-start applies to" in r.stderr
+
+
+def test_command_config_is_used_for_the_cluster_check_on_sasl(cli, source, sasl_cluster, tmp_path):
+    admin = sasl_cluster.client_config["admin"]
+    r = cli("link", "create", "to-sasl", "--source", source.bootstrap, "--destination", sasl_cluster.bootstrap,
+            "--destination-config", str(admin))
+    assert r.exit_code == 0, r.stderr
+    host, port = sasl_cluster.bootstrap.split(",")[0].rsplit(":", 1)
+    other = f"localhost:{port}" if host != "localhost" else f"127.0.0.1:{port}"
+    # another address of the destination: its cluster ID is read with the --command-config settings
+    r = cli("--list", "--link", "to-sasl", "--bootstrap-server", other, "--command-config", str(admin))
+    assert (r.exit_code, r.stdout) == (0, ""), r.stderr
+    # wrong credentials: the cluster cannot be compared, so the address is refused
+    bad = tmp_path / "bad.properties"
+    bad.write_text(admin.read_text().replace("admin-secret", "not-the-password"))
+    r = cli("--list", "--link", "to-sasl", "--bootstrap-server", other, "--command-config", str(bad))
+    assert r.exit_code == 2
+    assert f"--bootstrap-server {other} is not the destination of link 'to-sasl' ({sasl_cluster.bootstrap})" \
+        in r.stderr
+    assert "comparing cluster IDs failed" in r.stderr and "not-the-password" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
