@@ -4,6 +4,7 @@ record; a group with an active member on the destination and an excluded group a
 alone."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -81,12 +82,7 @@ def test_offsets_copied_and_group_resumes_on_destination(mirroring, cli, source,
         assert holder.assignment(), "the destination member of the busy group left too early"
         assert committed(destination, busy, topic, 2) == {}
         # skipped on purpose (not refused by the broker), as the worker's heartbeat reports
-        store = st.StateStore(destination.conf(), dr.name)
-        try:
-            (beat,) = store.snapshot().workers.values()
-        finally:
-            store.close()
-        sync = beat["consumer_offset_sync"]
+        sync = last_offset_sync(dr)
         assert sync["skipped"] == {busy: "active on the destination (STABLE)"}, sync
         assert excluded not in sync["groups"] and sync["errors"] == {}, sync
     finally:
@@ -115,3 +111,39 @@ def first_record(cluster, topic: str, partition: int, offset: int | None, group:
         raise AssertionError(f"nothing read from {topic}-{partition} on {cluster.name}")
     finally:
         c.close()
+
+
+def test_promote_copies_consumer_offsets_one_last_time(mirroring, cli, source, destination):
+    dr = mirroring
+    run = uuid.uuid4().hex[:8]
+    # the worker's own sync is far off: what the destination gets, promote copied
+    r = cli("link", "alter", dr.name, "--config", "consumer.offset.sync.ms=3600000",
+            "--config", f"consumer.offset.groups.include=op-{run}-.*")
+    assert r.exit_code == 0, r.stderr
+    topic = dr.new_mirror(partitions=1, records=120)
+    dr.start_worker()
+    dr.wait_caught_up(topic)
+    dr.wait_worker_serving(topic)
+    # the worker's first sync (5 s after its start) is done: the next is an hour away
+    mt.wait_until(lambda: last_offset_sync(dr) is not None, 60, "the worker's first consumer offset sync")
+    group = f"op-{run}-app"
+    want = consume_and_commit(source, group, topic, {0: 45})
+    time.sleep(2)
+    assert committed(destination, group, topic, 1) == {}
+    r = cli("promote", topic, "--link", dr.name, "--yes", "--output", "json")
+    assert r.exit_code == 0, r.stderr
+    (row,) = json.loads(r.stdout)["topics"]
+    assert row["state"] == st.STOPPED
+    assert row["consumer_offsets"]["groups"] == {group: 1}, row
+    assert committed(destination, group, topic, 1) == want == {0: 45}
+    m = first_record(destination, topic, 0, None, group=group)
+    assert m.offset() == 45
+
+
+def last_offset_sync(dr) -> dict | None:
+    store = st.StateStore(dr.destination.conf(), dr.name)
+    try:
+        beats = list(store.snapshot().workers.values())
+    finally:
+        store.close()
+    return beats[0].get("consumer_offset_sync") if beats else None
