@@ -48,7 +48,7 @@ PROBE_TIMEOUT_S = 10.0
 
 HELP = """\
 Usage (Confluent-style flags; --bootstrap-server is the DESTINATION cluster):
-  kafka-mirrors --create --mirror-topic T --link L [--source-topic S] --bootstrap-server DEST
+  kafka-mirrors --create --mirror-topic T --link L [--source-topic S] [--config K=V ...] --bootstrap-server DEST
   kafka-mirrors --list [--link L] --bootstrap-server DEST
   kafka-mirrors --describe [--topics T,U | --links L,M] [--pending-stopped-only] --bootstrap-server DEST
   kafka-mirrors --promote (--topics T,U | --link L) [--timeout SECONDS] --bootstrap-server DEST
@@ -115,6 +115,7 @@ def _parser() -> _Parser:
     for flag in ("--bootstrap-server", "--command-config", "--topics", "--link", "--links", "--mirror-topic",
                  "--source-topic", "--timeout", "--registry", "--reverse-link"):
         p.add_argument(flag, default=None)
+    p.add_argument("--config", action="append", default=[])
     p.add_argument("--pending-stopped-only", action="store_true")
     p.add_argument("--yes", "-y", action="store_true")
     p.add_argument("--help", "-h", action="store_true")
@@ -134,6 +135,7 @@ class Request:
     timeout: float = 60.0
     registry: str | None = None
     reverse_link: str | None = None
+    configs: list[str] = field(default_factory=list)
 
     @property
     def sides(self) -> tuple[str, ...]:
@@ -178,7 +180,7 @@ def parse(args: list[str]) -> Request | None:
     req = Request(action=action, bootstrap=ns.bootstrap_server.strip(), command_config=ns.command_config,
                   topics=_split(ns.topics, "--topics"), links=links, mirror_topic=ns.mirror_topic,
                   source_topic=ns.source_topic, pending_stopped_only=ns.pending_stopped_only,
-                  registry=ns.registry, reverse_link=ns.reverse_link)
+                  registry=ns.registry, reverse_link=ns.reverse_link, configs=list(ns.config))
 
     def only(flag: str, value, allowed: tuple[str, ...]) -> None:
         if value and action not in allowed:
@@ -186,6 +188,7 @@ def parse(args: list[str]) -> Request | None:
 
     only("--mirror-topic", ns.mirror_topic, ("--create",))
     only("--source-topic", ns.source_topic, ("--create",))
+    only("--config", ns.config, ("--create",))
     only("--pending-stopped-only", ns.pending_stopped_only, ("--describe",))
     only("--timeout", ns.timeout, ("--promote", "--reverse-and-start", "--reverse-and-pause"))
     only("--reverse-link", ns.reverse_link, ("--reverse-and-start", "--reverse-and-pause", "--truncate-and-restore"))
@@ -427,7 +430,7 @@ def _create(a: Application, registry, dest: Destination, req: Request) -> int:
             raise UsageError(f"--mirror-topic '{name}' must start with link '{link.name}'s mirror.topic.prefix "
                              f"'{prefix}'", f"e.g. --mirror-topic {prefix}{name}")
         name = name[len(prefix):]
-    for rec in mirrors.create_mirrors(link, [name], req.source_topic):
+    for rec in mirrors.create_mirrors(link, [name], req.source_topic, req.configs):
         _out(f"Created topic {rec.topic}.")
     return 0
 

@@ -123,6 +123,7 @@ def test_help_of_the_flag_mode(cli):
     (["--create", "--link", "dr", "--bootstrap-server", DST], "--create needs --mirror-topic T"),
     (["--create", "--mirror-topic", "x", "--bootstrap-server", DST], "--create needs exactly one --link L"),
     (["--describe", "--mirror-topic", "x", "--bootstrap-server", DST], "--mirror-topic does not go with --describe"),
+    (["--promote", "--topics", "a", "--config", "a=b", "--bootstrap-server", DST], "--config does not go with --promote"),
     (["--failover", "--topics", "orders", "--pending-stopped-only", "--bootstrap-server", DST],
      "--pending-stopped-only does not go with --failover"),
     (["--promote", "--link", "dr,other", "--bootstrap-server", DST], "--promote takes one --link"),
@@ -261,14 +262,14 @@ def test_create_maps_mirror_topic_and_prints_like_confluent(world, cli, calls, m
     from kafka_mirrors.state import MirrorRecord
 
     def create(link, names, source_topic=None, config_pairs=(), timeout=None):
-        calls.append(("create", link.name, names, source_topic))
+        calls.append(("create", link.name, names, source_topic, list(config_pairs)))
         return [MirrorRecord(link=link.name, topic=names[0], source_topic=source_topic or names[0], partitions=2)]
     monkeypatch.setattr(mirrors, "create_mirrors", create)
     r = cli("--create", "--mirror-topic", "orders-copy", "--source-topic", "orders", "--link", "dr",
-            "--bootstrap-server", DST)
+            "--bootstrap-server", DST, "--config", "retention.ms=1000", "--config", "max.message.bytes=2000")
     assert r.exit_code == 0, r.stderr
     assert r.stdout == "Created topic orders-copy.\n"
-    assert calls[-1] == ("create", "dr", ["orders-copy"], "orders")
+    assert calls[-1] == ("create", "dr", ["orders-copy"], "orders", ["retention.ms=1000", "max.message.bytes=2000"])
 
 
 def test_create_with_prefix_needs_the_prefixed_name(world, cli, calls, monkeypatch):
