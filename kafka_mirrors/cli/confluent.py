@@ -371,8 +371,8 @@ def _targets(registry, dest: Destination, req: Request) -> list[tuple[object, li
     a mirror of the given link (or of exactly one link on this destination): else an
     error before anything changes."""
     if req.links:
-        pairs = [(_checked_link(registry, dest, n, req.sides), None) for n in req.links]
-        pairs = [(lk, _mirrors_of(registry, lk)) for lk, _ in pairs]
+        checked = [_checked_link(registry, dest, n, req.sides) for n in req.links]  # all checked first
+        pairs = [(lk, _mirrors_of(registry, lk)) for lk in checked]
         if not req.topics:
             return [(lk, [], ms) for lk, ms in pairs]
         out = []
@@ -540,7 +540,7 @@ def _reverse(a: Application, registry, link, topics: list[str], req: Request, mi
     regular topic and reverses it in one command: promote those first (a mirror that
     cannot be promoted is a failed row and is not reversed), then reverse."""
     from kafka_mirrors import dr
-    from kafka_mirrors.state import ACTIVE, PAUSED, STOPPED
+    from kafka_mirrors.state import ACTIVE, PAUSED
     rows: list[dict] = []
     if topics:
         to_promote = [t for t in topics if mirrors.get(t, {}).get("state") in (ACTIVE, PAUSED)]
