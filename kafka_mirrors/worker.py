@@ -276,8 +276,8 @@ class Worker:
         after a back-off. Meanwhile the loop keeps following the state store."""
         log.warning("[%s] %s; starting over from the destination log end offsets in %.0f s",
                     self.link.name, exc, self.backoff)
-        self._suspect_source(str(exc))  # if the source answers, the probe says so at once
-        self._write_progress()
+        self.source.suspect(str(exc))  # if the source answers, the probe says so at once
+        self._write_progress()  # the freshest source high watermark, before the copiers go
         self._teardown()
         self.restart_at = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, BACKOFF_MAX_S)

@@ -1,6 +1,8 @@
 """Consumer-offset sync decisions without a broker: which groups, which offsets (under
 the mirror topic names), clamping to the destination's log end offset, writing only what
 changed."""
+from kafka_mirrors import dr
+from kafka_mirrors.errors import KafkaOperationError, KafkaUnavailableError
 from kafka_mirrors.offsetsync import SyncSummary, matches, plan_writes, select_groups, wanted_offsets
 
 
@@ -60,3 +62,31 @@ def test_summary_json_and_line():
     assert list(j["groups"]) == ["a", "b"] and j["offsets_written"] == 3
     assert s.line() == ("2 group(s) synced, 3 offset(s) written (1 clamped to the destination log end offset), "
                         "1 skipped, 0 failed")
+
+
+# ---- promote: a failed last copy fails the row and puts the state back
+
+class _Store:
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def set_state(self, topic, state, reason=None, **fields):
+        if self.fail:
+            raise KafkaUnavailableError("destination cluster d:9092 is unreachable")
+        self.calls.append((topic, state, reason))
+
+
+class _Link:
+    name = "dr"
+
+
+def test_promote_offset_sync_failure_restores_state_and_names_next_command():
+    store = _Store()
+    row = dr._offset_sync_failed(_Link(), store, "orders", "ACTIVE", KafkaOperationError("group 'g' refused"))
+    assert store.calls == [("orders", "ACTIVE", "promote failed: consumer offsets not copied")]
+    assert row["ok"] is False and row["state"] == "ACTIVE"
+    assert "state unchanged (ACTIVE)" in row["error"]
+    assert "run 'kafka-mirrors promote orders --link dr' again" in row["error"]
+    # the state cannot be put back either: say where it is and how to finish
+    row = dr._offset_sync_failed(_Link(), _Store(fail=True), "orders", "PAUSED", KafkaOperationError("x"))
+    assert row["state"] == "PENDING_STOPPED" and "kafka-mirrors failover orders --link dr" in row["error"]
