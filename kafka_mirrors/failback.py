@@ -467,12 +467,13 @@ def _start_points(ctx: _Context, rec: MirrorRecord, verb: str):
     old_info = _describe(ctx.old, rec.source_topic)
     if old_info is None:
         raise NotFoundError(f"topic '{rec.source_topic}' does not exist on the {ctx.old.label}",
-                            f"re-create it as a mirror with 'kafka-mirrors mirror create {rec.source_topic} "
-                            f"--source-topic {rec.topic} --link {ctx.reverse.name}'")
+                            f"re-create it as a mirror with 'kafka-mirrors truncate-and-restore {rec.topic} "
+                            f"--link {ctx.forward.name}'")
     if rec.source_topic_id and old_info.topic_id != rec.source_topic_id:
         raise ConflictError(f"topic '{rec.source_topic}' on the {ctx.old.label} was re-created since it was "
                             f"mirrored (topic ID {old_info.topic_id}, mirrored {rec.source_topic_id})",
-                            "delete it or mirror it by hand with 'kafka-mirrors mirror create'")
+                            f"save what you need from it, delete it, then run 'kafka-mirrors truncate-and-restore "
+                            f"{rec.topic} --link {ctx.forward.name}' to re-create it as a mirror")
     return (new_info, old_info, _ends(ctx.old, rec.source_topic, old_info.partitions),
             _ends(ctx.new, rec.topic, new_info.partitions))
 
@@ -577,7 +578,14 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
         raise NotFoundError(f"topic '{rec.topic}' does not exist on the {ctx.new.label}")
     old_info = _describe(ctx.old, rec.source_topic)
     original = old_info is not None and (not rec.source_topic_id or old_info.topic_id == rec.source_topic_id)
-    if restore is None:
+    if restore is None and old_info is None:
+        # the old topic is gone (deleted by hand, or a rebuilt cluster): nothing to save
+        ctx.ensure_link()
+        restore = {"side_topic": None, "saved": {}, "at": time.time(), "old_log_end_offsets": {},
+                   "configs": kt.topic_overrides(ctx.new, rec.topic), "partitions": new_info.partitions}
+        new_ends = _ends(ctx.new, rec.topic, new_info.partitions)
+        old_ends = {}
+    elif restore is None:
         # first run: nothing has been changed yet
         new_info, old_info, old_ends, new_ends = _start_points(ctx, rec, verb)
         lso = _ends(ctx.old, rec.source_topic, old_info.partitions, "last_stable")
@@ -590,7 +598,11 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
         missing = [p for p in old_ends if p not in stop]
         if behind or missing:
             raise ConflictError(f"'{rec.source_topic}' does not line up with the stop offsets (partitions behind: "
-                                f"{behind}, without a stop offset: {missing})", "mirror it by hand")
+                                f"{behind}, without a stop offset: {missing}); its history may differ below the "
+                                f"stop offsets, which this command does not save",
+                                f"save what you need from it, delete it on the {ctx.old.label}, then run "
+                                f"'kafka-mirrors truncate-and-restore {rec.topic} --link {ctx.forward.name}' "
+                                f"to re-create it as a mirror")
         tails = divergent_tails(stop, old_ends)
         ctx.ensure_link()
         if not tails and not prefix_problems(stop, old_ends, new_ends):
@@ -634,9 +646,10 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
     else:
         ends = _ends(ctx.old, rec.source_topic, old_info.partitions)
         if any(ends.values()):
+            saved_in = f"the saved tail is in '{restore['side_topic']}'; " if restore.get("side_topic") else ""
             raise ConflictError(f"topic '{rec.source_topic}' on the {ctx.old.label} was re-created and holds "
-                                f"records {ends}", f"the saved tail is in '{restore['side_topic']}'; delete the "
-                                f"topic and run the command again")
+                                f"records {ends}", f"{saved_in}save what you need from it, delete it and run the "
+                                f"command again")
         _ensure_create_time(ctx.old, rec.source_topic)
     saved = {int(p): n for p, n in (restore.get("saved") or {}).items()}
     _record_reverse(ctx, rec, new_info, ACTIVE, verb, {"side_topic": restore["side_topic"], "saved": restore["saved"]},

@@ -160,3 +160,21 @@ def test_truncate_and_restore_finishes_after_a_crash_past_the_deletion(cli, mirr
     back.start_worker()
     back.wait_caught_up(topic)
     mt.assert_identical(destination, source, topic, topic, partitions=1)
+
+
+def test_truncate_and_restore_re_creates_a_deleted_old_topic(cli, mirroring, source, destination):
+    topic = _stopped_mirror(mirroring, cli, source, partitions=2, how="failover")
+    admin = source.admin()  # the handle must outlive its future
+    admin.delete_topics([topic])[topic].result(30)
+    mt.wait_until(lambda: topic not in source.admin().list_topics(timeout=10).topics, 30, "the deletion")
+    r = cli("reverse-and-start", topic, "--link", mirroring.name, "--yes")
+    assert r.exit_code == 1
+    assert "was failed over, not promoted" in r.stderr
+    r = cli("truncate-and-restore", topic, "--link", mirroring.name, "--yes", "--output", "json")
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)["topics"][0]
+    assert (row["action"], row["side_topic"], row["records_saved"]) == ("re-created", None, 0)
+    back = Mirroring.for_link(mirroring, f"{mirroring.name}-reverse", source=destination, destination=source)
+    back.start_worker()
+    back.wait_caught_up(topic)
+    mt.assert_identical(destination, source, topic, topic, partitions=2)
