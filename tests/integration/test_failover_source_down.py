@@ -9,6 +9,7 @@ never killed."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -141,3 +142,4 @@ def test_failover_while_the_source_broker_is_killed(local_kafka, cli, registry_p
         if dr is not None:
             dr.stop_all()
         local_kafka.down(name)
+        shutil.rmtree(local_kafka.state_dir / name, ignore_errors=True)  # its data: this test's only
