@@ -500,6 +500,18 @@ class Worker:
             except KafkaMirrorsError as exc:
                 # e.g. the new partitions have no leader yet: the next tick tries again
                 log.info("[%s/%s] new partitions not ready yet: %s", self.link.name, topic, exc)
+        if sync_configs and self.tasks:
+            self._refresh_read_only()
+
+    def _refresh_read_only(self) -> None:
+        """Where the destination has an authorizer: deny WRITE on the mirrors to principals
+        granted it since the mirror was made read-only (kafka_mirrors.readonly)."""
+        from kafka_mirrors.readonly import refresh_read_only
+        try:
+            for line in refresh_read_only(self.link, self.store, self.dst_admin, sorted(self.tasks)):
+                log.info("[%s] %s", self.link.name, line)
+        except KafkaMirrorsError as exc:
+            log.warning("[%s] read-only ACLs not refreshed: %s", self.link.name, exc)
 
     # ------------------------------------------------------------ around the copy
 

@@ -97,7 +97,8 @@ def sasl_link(cli, source, sasl_cluster, registry_path, tmp_path):
     _grant(sasl_cluster, link_principal_acls("User:linker"))
     name = _unique("acl-link-")
     r = cli("link", "create", name, "--source", source.bootstrap, "--destination", sasl_cluster.bootstrap,
-            "--destination-config", str(sasl_cluster.client_config["linker"]))
+            "--destination-config", str(sasl_cluster.client_config["linker"]),
+            "--config", "topic.config.sync.ms=1000")  # the worker's read-only re-check: every second
     assert r.exit_code == 0, r.stderr
     procs: list[subprocess.Popen] = []
 
@@ -181,6 +182,14 @@ def test_mirror_read_only_until_promote_and_link_fenced_after_failover(cli, sour
     for t in (promoted, failed_over):
         _caught_up(source, sasl_cluster, t, tmp_path)
         mt.assert_identical(source, sasl_cluster, t, t)
+    # the running worker denies a principal granted WRITE now, on its config-sync tick
+    _grant(sasl_cluster, [(ResourceType.TOPIC, PREFIX, ResourcePatternType.PREFIXED, "User:carol",
+                           AclOperation.WRITE, AclPermissionType.ALLOW)])
+    try:
+        mt.wait_until(lambda: all("DENY WRITE User:carol" in topic_acls(sasl_cluster, t)
+                                  for t in (promoted, failed_over)), 60, "the worker to deny User:carol")
+    except AssertionError:
+        raise AssertionError(f"carol not denied; worker log tail:\n{_worker_log(tmp_path)}") from None
 
     # promote: alice may write now, the link's principal is fenced
     r = cli("promote", promoted, "--link", link, "--yes", "--output", "json")
@@ -190,7 +199,8 @@ def test_mirror_read_only_until_promote_and_link_fenced_after_failover(cli, sour
     assert row["acls"] == {"created": [f"DENY WRITE User:linker on topic {promoted}"],
                            "deleted": [f"ALLOW WRITE User:linker on topic {promoted}",
                                        f"DENY WRITE User:alice on topic {promoted}",
-                                       f"DENY WRITE User:bob on topic {promoted}"],
+                                       f"DENY WRITE User:bob on topic {promoted}",
+                                       f"DENY WRITE User:carol on topic {promoted}"],
                            "warnings": []}
     assert topic_acls(sasl_cluster, promoted) == {"ALLOW WRITE User:alice", "DENY WRITE User:linker"}
     ends = mt.log_end_offsets(sasl_cluster, promoted, [0])[0]
