@@ -127,7 +127,7 @@ def failover(ctx: typer.Context, topics: Optional[List[str]] = TOPICS, link: str
              yes: bool = YES, output: OutputFormat = OUTPUT) -> None:
     """Disaster: stop mirrors now, whatever their lag, without contacting the source.
 
-    Waits up to 10 s for the live workers to acknowledge, records per partition the
+    Waits up to 4 s for the live workers to acknowledge, records per partition the
     destination log end offset and the last source offset a worker reported, and marks
     the mirrors STOPPED ("failed over"). Prints the records possibly lost (the RPO).
 
