@@ -547,6 +547,14 @@ def reverse(registry: Registry, link_name: str, names: list[str], all_: bool = F
     source topic a mirror of the new primary on the reverse link, continuing at its log
     end offset. Refuses a topic that is not exactly a prefix of the new primary's."""
     verb = "reverse-and-start" if start else "reverse-and-pause"
+    return _each(registry, link_name, names, all_, reverse_name, verb, "not reversed",
+                 lambda ctx, rev_snap, rec: _reverse_one(ctx, rev_snap, rec, start))
+
+
+def _each(registry: Registry, link_name: str, names: list[str], all_: bool, reverse_name: str | None,
+          verb: str, not_done: str, one) -> dict:
+    """Select the forward mirrors, run `one(ctx, reverse snapshot, record)` for each and
+    collect one row per topic (a failure is that topic's row, not the whole command's)."""
     forward = registry.get(link_name)
     if all_ and names:
         raise UsageError("give TOPIC... or --all, not both")
@@ -558,9 +566,9 @@ def reverse(registry: Registry, link_name: str, names: list[str], all_: bool = F
         rev_snap = ctx.rev_store.snapshot()
         for rec in chosen:
             try:
-                rows.append(_reverse_one(ctx, rev_snap, rec, start))
+                rows.append(one(ctx, rev_snap, rec))
             except KafkaMirrorsError as exc:
-                rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} not reversed: {exc}"})
+                rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} {not_done}: {exc}"})
         return _result(ctx.reverse, ctx.created, rows, verb, _notes(ctx, rows))
     finally:
         ctx.close()
@@ -663,22 +671,6 @@ def truncate_and_restore(registry: Registry, link_name: str, names: list[str], a
     """After a failover (or a promote the old source kept taking writes after): save each
     old source topic's divergent tail to a side topic, then make the topic a mirror of the
     new primary on the reverse link (adopted when there was no tail, else re-created)."""
-    verb = "truncate-and-restore"
-    forward = registry.get(link_name)
-    if all_ and names:
-        raise UsageError("give TOPIC... or --all, not both")
-    if not all_ and not names:
-        raise UsageError(f"nothing to {verb}: give TOPIC... or --all")
-    ctx = _Context.open(registry, forward, reverse_name)
-    try:
-        chosen, rows = _select(ctx.fwd_store.snapshot(), forward, names, all_, verb)
-        rev_snap = ctx.rev_store.snapshot()
-        for rec in chosen:
-            try:
-                rows.append(_restore_one(ctx, rev_snap, rec))
-            except KafkaMirrorsError as exc:
-                rows.append({"topic": rec.topic, "ok": False, "error": f"{rec.topic} not restored: {exc}"})
-        return _result(ctx.reverse, ctx.created, rows, verb, _notes(ctx, rows))
-    finally:
-        ctx.close()
+    return _each(registry, link_name, names, all_, reverse_name, "truncate-and-restore", "not restored",
+                 _restore_one)
 

@@ -41,8 +41,13 @@ def _confirm(verb: str, topics: List[str], all_: bool, link: str, yes: bool, wha
         raise typer.Exit(1)
 
 
-def _finish(a: Application, rows: list[dict], output: OutputFormat, text) -> None:
-    a.render(output, {"topics": rows}, text)
+def _finish(a: Application, rows: list[dict], output: OutputFormat, text, view: dict | None = None) -> None:
+    """Render the view (default {"topics": rows}), then its notes as warnings and one
+    error line per failed row; exit 1 if any row failed."""
+    view = {"topics": rows} if view is None else view
+    a.render(output, view, text)
+    for n in view.get("notes") or []:
+        a.warn(n)
     for r in rows:
         if not r["ok"]:
             a.err.print(f"error: {r['error']}")

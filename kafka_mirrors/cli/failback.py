@@ -11,6 +11,7 @@ import typer
 
 from kafka_mirrors import failback as service
 from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.dr import _finish as finish_rows
 from kafka_mirrors.cli.link import _stdin_is_terminal
 from kafka_mirrors.errors import UsageError
 
@@ -78,17 +79,7 @@ def _finish(a: Application, view: dict, output: OutputFormat) -> None:
         for n in v["next"]:
             a.print(f"next: {n}")
 
-    a.render(output, view, text)
-    for n in view.get("notes") or []:
-        a.warn(n)
-    rows = view["topics"]
-    for r in rows:
-        if not r["ok"]:
-            a.err.print(f"error: {r['error']}")
-    if any(not r["ok"] for r in rows):
-        raise typer.Exit(1)
-    if not rows:
-        a.info("no mirror in a state this command applies to")
+    finish_rows(a, view["topics"], output, text, view)
 
 
 _REVERSE_Q = ("Make {which} of link '{link}' mirrors again, the other way round? The old source topics stop "
