@@ -87,11 +87,18 @@ class OffsetReader:
                             IsolationLevel.READ_COMMITTED)[(topic, partition)]
 
     def all_offsets(self, topic: str, partition: int) -> SourceOffsets:
-        return SourceOffsets(
-            log_start_offset=self.log_start_offset(topic, partition),
-            last_stable_offset=self.last_stable_offset(topic, partition),
-            high_watermark=self.log_end_offset(topic, partition),
-        )
+        # The log start offset and the last stable offset go out together. The high
+        # watermark is asked only after the last stable offset came back: the copier's
+        # "nothing open beyond the LSO" (LSO == high watermark) relies on that order.
+        tp = TopicPartition(topic, partition)
+        what = f"list offsets of {topic}-{partition}"
+        first = [self.admin.list_offsets({tp: spec}, isolation_level=iso, request_timeout=self.timeout)
+                 for spec, iso in ((OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED),
+                                   (OffsetSpec.latest(), IsolationLevel.READ_COMMITTED))]
+        start, stable = (await_result(next(iter(f.values())), what, self.label, self.timeout).offset
+                         for f in first)
+        end = self.log_end_offset(topic, partition)
+        return SourceOffsets(log_start_offset=start, last_stable_offset=stable, high_watermark=end)
 
 
 def to_record(msg) -> Record:
@@ -192,6 +199,10 @@ class SourceFeed:
             "max.partition.fetch.bytes": 16 * 1024 * 1024,
             "queued.max.messages.kbytes": 256 * 1024,
             "fetch.wait.max.ms": 100,
+            # librdkafka stops fetching a partition whose prefetch queue is full and, by
+            # default, waits a whole second (fetch.queue.backoff.ms=1000) before looking
+            # again: the copy then starves for up to a second at a time
+            "fetch.queue.backoff.ms": 10,
         }))
         self.buffers: dict[tuple[str, int], _Buffer] = {}
 
@@ -245,6 +256,9 @@ class SourceFeed:
             buf.end_offset = None
         for key, buf in buffers.items():
             if not buf.paused and buf.count >= self.MAX_BUFFERED:
+                # librdkafka drops what it prefetched for a paused partition and fetches it
+                # again on resume: rare by design (see max.partition.fetch.bytes)
+                log.debug("%s pausing %s-%d: %d records buffered", self.label, key[0], key[1], buf.count)
                 self.consumer.pause([TopicPartition(*key)])
                 buf.paused = True
         return len(msgs)

@@ -1,0 +1,223 @@
+"""The fast path of the confluent-kafka adapters (kafka/partition.py) with fake clients: the
+source feed buffers each partition's messages as slices and hands them on as
+MessageRecords; the sink produces straight from the messages and checks every delivery
+report in its per-partition callback against the source offset the record copies."""
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaError
+
+from kafka_mirrors.kafka.partition import MessageRecords, SinkProducers, SourceFeed
+from kafka_mirrors.replication.interfaces import Confirmation, Record, Reports
+
+
+class Err:
+    def __init__(self, code: int, text: str = "error"):
+        self._code, self._text = code, text
+
+    def code(self) -> int:
+        return self._code
+
+    def str(self) -> str:
+        return self._text
+
+
+class Msg:
+    """What confluent-kafka's Message offers the adapters."""
+
+    def __init__(self, topic, partition, offset, key=b"k", value=b"v", ts=7, headers=None, err=None):
+        self._t, self._p, self._o = topic, partition, offset
+        self._k, self._v, self._ts, self._h, self._e = key, value, ts, headers, err
+
+    def topic(self):
+        return self._t
+
+    def partition(self):
+        return self._p
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def timestamp(self):
+        return (1, self._ts)
+
+    def headers(self):
+        return self._h
+
+    def error(self):
+        return self._e
+
+
+def eof(topic, partition, offset):
+    return Msg(topic, partition, offset, err=Err(KafkaError._PARTITION_EOF))
+
+
+class FakeConsumer:
+    def __init__(self):
+        self.queue: list[Msg] = []
+        self.paused: list = []
+        self.resumed: list = []
+
+    def incremental_assign(self, tps):
+        pass
+
+    def incremental_unassign(self, tps):
+        pass
+
+    def poll(self, timeout):
+        return self.queue.pop(0) if self.queue else None
+
+    def consume(self, n, timeout):
+        out, self.queue = self.queue[:n], self.queue[n:]
+        return out
+
+    def pause(self, tps):
+        self.paused += [(tp.topic, tp.partition) for tp in tps]
+
+    def resume(self, tps):
+        self.resumed += [(tp.topic, tp.partition) for tp in tps]
+
+    def get_watermark_offsets(self, tp, cached=True):
+        return (0, 1000)
+
+
+def feed(batch: int = 5000) -> tuple[SourceFeed, FakeConsumer]:
+    f = SourceFeed.__new__(SourceFeed)
+    f.label, f.batch, f.conf, f.buffers = "[test]", batch, {}, {}
+    f.consumer = FakeConsumer()
+    return f, f.consumer
+
+
+def offsets(result) -> list[int]:
+    return [r.offset for r in result.records]
+
+
+def test_feed_splits_interleaved_partitions_and_keeps_eof_positions():
+    f, c = feed()
+    f.add("a", 0, 0)
+    f.add("a", 1, 0)
+    f.add("b", 0, 0)
+    c.queue = [Msg("a", 0, 0), Msg("a", 0, 1), Msg("b", 0, 5), Msg("a", 1, 3), Msg("a", 0, 2),
+               eof("a", 0, 3), Msg("x", 0, 9),  # a partition this feed does not copy: dropped
+               Msg("b", 0, 6), eof("b", 0, 7), Msg("a", 1, 4), eof("a", 1, 5), Msg("a", 1, 5)]
+    assert f.pump(0) == 12
+
+    a0 = f.take("a", 0, 100, 0)
+    assert offsets(a0) == [0, 1, 2] and a0.end_offset == 3 and a0.high_watermark == 1000
+    b0 = f.take("b", 0, 100, 0)
+    assert offsets(b0) == [5, 6] and b0.end_offset == 7
+    # a record after the end-of-partition event: the end is not known any more
+    a1 = f.take("a", 1, 100, 0)
+    assert offsets(a1) == [3, 4, 5] and a1.end_offset is None
+    assert all(isinstance(r.records, MessageRecords) for r in (a0, b0, a1))
+
+
+def test_feed_take_splits_slices_at_max_records_and_pauses_a_full_partition():
+    f, c = feed()
+    f.MAX_BUFFERED = 10
+    f.add("a", 0, 0)
+    c.queue = [Msg("a", 0, i) for i in range(12)]
+    f.pump(0)
+    assert c.paused == [("a", 0)]
+    first = f.take("a", 0, 4, 0)
+    assert offsets(first) == [0, 1, 2, 3] and first.end_offset is None
+    assert c.resumed == []  # 8 still buffered: not under half of MAX_BUFFERED
+    rest = f.take("a", 0, 100, 0)
+    assert offsets(rest) == list(range(4, 12))
+    assert c.resumed == [("a", 0)]
+    assert f.buffers[("a", 0)].count == 0
+
+
+def test_feed_raises_on_a_fetch_error_other_than_eof():
+    f, c = feed()
+    f.add("a", 0, 0)
+    c.queue = [Msg("a", 0, 0), Msg("a", 0, 1, err=Err(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))]
+    with pytest.raises(Exception, match="fetch of a-0 failed: denied"):
+        f.pump(0)
+
+
+def test_message_records_look_like_records_only_where_asked():
+    msgs = [Msg("a", 0, 10 + i, key=None if i == 1 else b"k%d" % i, value=b"" if i == 2 else b"v",
+                ts=1000 + i, headers=[("h", None), ("h", b"1")] if i == 0 else None) for i in range(4)]
+    recs = MessageRecords(msgs)
+    assert len(recs) == 4
+    assert recs[0] == Record(10, b"k0", b"v", 1000, (("h", None), ("h", b"1")))
+    assert recs[1].key is None and recs[2].value == b"" and recs[3].headers == ()
+    middle = recs[1:3]
+    assert isinstance(middle, MessageRecords) and middle.messages == msgs[1:3]
+    assert [r.offset for r in recs] == [10, 11, 12, 13]
+
+
+class FakeProducer:
+    def __init__(self, room: int = 1 << 30):
+        self.produced: list[tuple] = []
+        self.callbacks: list = []
+        self.room = room
+        self.polls = 0
+
+    def produce(self, topic, value=None, key=None, partition=-1, on_delivery=None, timestamp=0, headers=None):
+        if self.room <= 0:
+            raise BufferError("queue full")
+        self.room -= 1
+        self.produced.append((topic, partition, key, value, timestamp, headers))
+        self.callbacks.append(on_delivery)
+
+    def poll(self, timeout):
+        self.polls += 1
+        self.room = 1 << 30
+        return 0
+
+
+class Delivered:
+    def __init__(self, offset):
+        self._o = offset
+
+    def offset(self):
+        return self._o
+
+
+def producers(fake: FakeProducer) -> SinkProducers:
+    s = SinkProducers.__new__(SinkProducers)
+    s.conf, s.link, s.label, s.delivery_timeout_ms = {}, "l", "[l]", 30000
+    s.pending = __import__("collections").defaultdict(__import__("collections").deque)
+    s._tallies, s._callbacks, s.transactional = {}, {}, {}
+    s.producer = fake
+    return s
+
+
+def test_sink_produces_from_messages_and_checks_each_report_against_its_source_offset():
+    fake = FakeProducer(room=2)  # the third produce finds the queue full once
+    sink = producers(fake)
+    msgs = [Msg("src", 3, 40 + i, key=b"k", value=b"v%d" % i, ts=99, headers=[("h", b"x")]) for i in range(4)]
+    sink.produce("mirror", 3, MessageRecords(msgs))
+    assert [p[3] for p in fake.produced] == [b"v0", b"v1", b"v2", b"v3"]
+    assert fake.produced[0] == ("mirror", 3, b"k", b"v0", 99, [("h", b"x")])
+    assert sink.take_confirmations("mirror", 3) == Reports(0)
+
+    cb = fake.callbacks[0]
+    cb(None, Delivered(40))
+    cb(None, Delivered(41))
+    assert sink.take_confirmations("mirror", 3) == Reports(2, 41, ())
+    cb(None, Delivered(43))  # another writer took 42
+    cb(Err(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), None)
+    assert sink.take_confirmations("mirror", 3) == Reports(
+        2, 43, (Confirmation(42, 43), Confirmation(43, None, "too large")))
+    assert sink.take_confirmations("mirror", 3).count == 0
+
+
+def test_sink_record_path_for_fillers_and_held_records():
+    fake = FakeProducer()
+    sink = producers(fake)
+    sink.produce("mirror", 0, (Record(5, None, None, 1, (("kafka-mirrors.filler", b"1"),)),))
+    sink.produce("mirror", 0, [Record(6, b"", b"v", 2, ())])
+    assert fake.produced == [("mirror", 0, None, None, 1, [("kafka-mirrors.filler", b"1")]),
+                             ("mirror", 0, b"", b"v", 2, None)]
+    for cb, offset in zip(fake.callbacks, (5, 6)):
+        cb(None, Delivered(offset))
+    assert sink.take_confirmations("mirror", 0) == Reports(2, 6, ())
