@@ -23,6 +23,7 @@ MB = 10^6 bytes of record values.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -57,6 +58,9 @@ MM2_NAME = "bench-mm2"
 LINK = "bench"
 MB = 1_000_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# the two brokers' processes (set once they are up): their CPU time per copied record is
+# printed beside the copier's, since on a small machine they share the same CPUs
+BROKERS: dict[str, "ProcessProbe"] = {}
 
 
 def log(msg: str) -> None:
@@ -76,6 +80,7 @@ class Rate:
     # out): steadier than records/s when other processes share the CPUs
     cpu_us_per_record: float | None = None
     cpu_us_by_thread: dict[str, float] = field(default_factory=dict)  # same, per thread name
+    broker_us_per_record: dict[str, float] = field(default_factory=dict)  # broker name -> same
     max_rss_mib: float | None = None
     unavailable: str | None = None  # why there is no number
 
@@ -118,8 +123,8 @@ class ProcessProbe:
             return None
 
     def threads_cpu(self) -> dict[str, float]:
-        """CPU seconds per thread name (librdkafka names its threads rdk:main, rdk:broker1...;
-        the Python interpreter's thread is named after the executable)."""
+        """CPU seconds per thread name (librdkafka names its threads rdk:main, rdk:broker1...);
+        the process's first thread (Python's main thread) is called "main"."""
         out: dict[str, float] = {}
         try:
             tasks = list(Path(f"/proc/{self.pid}/task").iterdir())
@@ -130,7 +135,7 @@ class ProcessProbe:
                 stat = (task / "stat").read_text()
             except OSError:
                 continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            name = "main" if task.name == str(self.pid) else stat[stat.index("(") + 1:stat.rindex(")")]
             fields = stat.rsplit(")", 1)[1].split()
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
         return out
@@ -240,10 +245,14 @@ def wait_for_copy(dst: Offsets, target: dict[int, int], timeout: float, probe: P
             probe.sample()
         if copied and first_seen is None:
             first_seen, first_count = now, copied
+            for b in BROKERS.values():
+                b.cpu_at_first_copy = b.cpu()
             if probe:
                 probe.cpu_at_first_copy = probe.cpu()
                 probe.threads_at_first_copy = probe.threads_cpu()
         if all(offsets.get(p, 0) >= end for p, end in target.items()):
+            for b in BROKERS.values():
+                b.cpu_at_done = b.cpu()
             if probe:
                 probe.cpu_at_done = probe.cpu()
                 probe.threads_at_done = probe.threads_cpu()
@@ -271,6 +280,25 @@ def cpu_per_record(probe: ProcessProbe, records: int, first_count: int) -> float
     if a is None or b is None or n < records // 10:
         return None
     return (b - a) * 1e6 / n
+
+
+def brokers_per_record(records: int, first_count: int) -> dict[str, float]:
+    out = {}
+    for name, b in BROKERS.items():
+        us = cpu_per_record(b, records, first_count)
+        if us is not None:
+            out[name] = us
+    return out
+
+
+def broker_probes(state: Path, names: list[str]) -> dict[str, "ProcessProbe"]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = ProcessProbe(json.loads((state / name / "cluster.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
 
 
 def measure_latency(system: str, src: Cluster, dst: Cluster, src_topic: str, dst_topic: str,
@@ -382,6 +410,7 @@ def run_mm2(local_env: dict, src: Cluster, dst: Cluster, records: int, partition
         rate.wall_seconds = done - started
         rate.cpu_seconds = probe.cpu_used()
         rate.cpu_us_per_record = cpu_per_record(probe, records, first_count)
+        rate.broker_us_per_record = brokers_per_record(records, first_count)
         rate.max_rss_mib = probe.max_rss_mib
         log(f"MirrorMaker 2 copied {records} records ({rate.records_per_s:,.0f} records/s)")
         if latency_seconds > 0:
@@ -403,9 +432,10 @@ def run_mm2(local_env: dict, src: Cluster, dst: Cluster, records: int, partition
 class KafkaMirrors:
     """Drives the kafka-mirrors CLI as a user would, with a registry of its own."""
 
-    def __init__(self, exe: str, workdir: Path, profile: str | None = None):
+    def __init__(self, exe: str, workdir: Path, profile: str | None = None, link: str = LINK):
         self.exe = exe
         self.profile = profile
+        self.link = link
         self.registry = workdir / "links.toml"
         self.worker_log = workdir / "worker.log"
 
@@ -420,7 +450,8 @@ class KafkaMirrors:
             raise Unavailable(f"'kafka-mirrors {' '.join(args[:2])}' failed: {first[-1] if first else ''}")
 
     def worker_command(self) -> list[str]:
-        args = ["--registry", str(self.registry), "run", "--link", LINK]
+        args = ["--registry", str(self.registry), "run", "--link", self.link,
+                "--log-level", os.environ.get("BENCH_WORKER_LOG_LEVEL", "info")]
         if self.profile:
             # cProfile slows Python calls down: the rate and CPU rows of such a run are not
             # comparable with others; it is for finding where the time goes
@@ -434,18 +465,20 @@ class Unavailable(Exception):
 
 def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, records: int, partitions: int,
                       latency_seconds: float, mb_s: float, size: int, timeout: float,
-                      profile: str | None = None) -> tuple[Rate, Latency]:
+                      profile: str | None = None, bulk_topic: str = BULK_TOPIC,
+                      link: str = LINK) -> tuple[Rate, Latency]:
     rate = Rate("kafka-mirrors (1 worker)" + (" under cProfile" if profile else ""), records)
     lat = Latency("kafka-mirrors", target_mb_s=mb_s)
     if not shutil.which(exe):
         rate.unavailable = lat.unavailable = f"{exe} not found"
         return rate, lat
-    km = KafkaMirrors(exe, workdir, profile)
+    km = KafkaMirrors(exe, workdir, profile, link)
     worker = None
     try:
-        km.must("link", "create", LINK, "--source", src.bootstrap, "--destination", dst.bootstrap)
-        km.must("mirror", "create", BULK_TOPIC, "--link", LINK)
-        km.must("mirror", "create", LATENCY_TOPIC_KM, "--link", LINK)
+        km.must("link", "create", link, "--source", src.bootstrap, "--destination", dst.bootstrap)
+        km.must("mirror", "create", bulk_topic, "--link", link)
+        if latency_seconds > 0:
+            km.must("mirror", "create", LATENCY_TOPIC_KM, "--link", link)
         started = time.monotonic()
         with open(km.worker_log, "wb") as out:
             worker = subprocess.Popen(km.worker_command(),
@@ -458,10 +491,10 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
                 raise Unavailable(f"'kafka-mirrors run' exited with code {worker.returncode}: {tail[0]} "
                                   f"(log {km.worker_log})")
 
-        target = Offsets(src, BULK_TOPIC, partitions)
+        target = Offsets(src, bulk_topic, partitions)
         goal = target.get()
         target.close()
-        dst_offsets = Offsets(dst, BULK_TOPIC, partitions)
+        dst_offsets = Offsets(dst, bulk_topic, partitions)
         try:
             first, done, first_count = wait_for_copy(dst_offsets, goal, timeout, probe, alive)
         except TimeoutError as e:
@@ -472,6 +505,7 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
         rate.wall_seconds = done - started
         rate.cpu_seconds = probe.cpu_used()
         rate.cpu_us_per_record = cpu_per_record(probe, records, first_count)
+        rate.broker_us_per_record = brokers_per_record(records, first_count)
         n = records - first_count
         if rate.cpu_us_per_record is not None:
             rate.cpu_us_by_thread = {name: (cpu - probe.threads_at_first_copy.get(name, 0.0)) * 1e6 / n
@@ -534,6 +568,10 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
               f"{opt(r.wall_seconds, '.1f'):>8} {opt(r.cpu_seconds, '.1f'):>7} {opt(r.cpu_us_per_record, '.1f'):>10} {opt(r.max_rss_mib, '.0f'):>12}")
     print("records/s is measured from the first copied record seen on the destination to the last;"
           " 'wall s' includes process start-up.")
+    for r in rates:
+        if not r.unavailable and r.broker_us_per_record:
+            print(f"broker CPU us/rec during '{r.system}': "
+                  + ", ".join(f"{name} {us:.1f}" for name, us in r.broker_us_per_record.items()))
     km = next((r for r in rates if r.system.startswith("kafka-mirrors")), None)
     if km and km.cpu_us_by_thread:
         busy = sorted(km.cpu_us_by_thread.items(), key=lambda kv: -kv[1])
@@ -563,7 +601,67 @@ def print_tables(rates: list[Rate], raw: Rate, latencies: list[Latency], args) -
               f"{lat.achieved_mb_s:>10.2f}")
 
 
+def print_rounds(rounds: list[tuple[Rate, Rate]]) -> None:
+    print()
+    print("Rounds: raw producer, then kafka-mirrors on a fresh topic of the same size, back to back"
+          " (round 1 is the table above)")
+    head = (f"{'round':>5} {'raw records/s':>14} {'kafka-mirrors records/s':>24} {'ratio':>6} "
+            f"{'worker CPU us/rec':>18} {'its main thread':>16} {'dst broker us/rec':>18}")
+    print(head)
+    print("-" * len(head))
+    ratios = []
+    for i, (raw, km) in enumerate(rounds, 1):
+        if km.unavailable:
+            print(f"{i:>5} {raw.records_per_s:>14,.0f} not available ({km.unavailable})")
+            continue
+        ratio = km.records_per_s / raw.records_per_s if raw.records_per_s else 0.0
+        ratios.append(ratio)
+        us = f"{km.cpu_us_per_record:.1f}" if km.cpu_us_per_record is not None else "-"
+        dst_us = km.broker_us_per_record.get("bench-destination")
+        main_us = km.cpu_us_by_thread.get("main")
+        print(f"{i:>5} {raw.records_per_s:>14,.0f} {km.records_per_s:>24,.0f} {ratio:>5.2f}x {us:>18} "
+              f"{(f'{main_us:.1f}' if main_us is not None else '-'):>16} "
+              f"{(f'{dst_us:.1f}' if dst_us is not None else '-'):>18}")
+    if ratios:
+        print(f"ratio over {len(ratios)} rounds: median {statistics.median(ratios):.2f}x, "
+              f"min {min(ratios):.2f}x, max {max(ratios):.2f}x; "
+              f"rounds at 0.5x or more: {sum(r >= 0.5 for r in ratios)} of {len(ratios)}")
+
+
 # ---------------------------------------------------------------- main
+
+def raw_producer(dst: Cluster, topic: str, args) -> Rate:
+    cpu0 = time.process_time()
+    brokers0 = {name: b.cpu() for name, b in BROKERS.items()}
+    secs = bulk_produce(dst, topic, args.records, args.record_size, args.partitions)
+    cpu = time.process_time() - cpu0
+    raw = Rate("raw producer -> destination", args.records, secs, secs, cpu,
+               cpu_us_per_record=cpu * 1e6 / args.records)
+    for name, b in BROKERS.items():
+        now = b.cpu()
+        if now is not None and brokers0.get(name) is not None:
+            raw.broker_us_per_record[name] = (now - brokers0[name]) * 1e6 / args.records
+    return raw
+
+
+def extra_round(n: int, src: Cluster, dst: Cluster, args, workdir: Path) -> tuple[Rate, Rate]:
+    """Round n of --rounds: a fresh source topic, the raw producer into a fresh destination
+    topic, then kafka-mirrors (its own link) copying the new topic; no MM2, no latency."""
+    bulk, raw_topic = f"{BULK_TOPIC}-r{n}", f"{RAW_TOPIC}-r{n}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    src.create_topic(bulk, args.partitions)
+    dst.create_topic(raw_topic, args.partitions)
+    log(f"round {n}: preloading {bulk}")
+    bulk_produce(src, bulk, args.records, args.record_size, args.partitions)
+    log(f"round {n}: raw producer")
+    raw = raw_producer(dst, raw_topic, args)
+    log(f"round {n}: kafka-mirrors")
+    km, _ = run_kafka_mirrors(args.kafka_mirrors, workdir, src, dst, args.records, args.partitions,
+                              0, args.mb_per_s, args.record_size, args.timeout, None,
+                              bulk_topic=bulk, link=f"{LINK}-r{n}")
+    return raw, km
+
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -583,7 +681,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-profile", metavar="PATH",
                     help="run the kafka-mirrors worker under cProfile and write its stats to PATH "
                          "(read with python -m pstats; that run's numbers are not comparable)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="after the first round, repeat raw producer + kafka-mirrors on fresh topics "
+                         "this many times in all and print each ratio (other load on the machine "
+                         "makes single ratios noisy)")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error("--rounds >= 1")
     if args.records < 1 or args.record_size < 16 or args.partitions < 1:
         ap.error("--records >= 1, --record-size >= 16 and --partitions >= 1 are required")
 
@@ -611,12 +715,9 @@ def main(argv: list[str] | None = None) -> int:
         secs = bulk_produce(src, BULK_TOPIC, args.records, args.record_size, args.partitions)
         log(f"preload: {args.records / secs:,.0f} records/s")
 
+        BROKERS.update(broker_probes(STATE, ["bench-source", "bench-destination"]))
         log("raw producer into the destination")
-        cpu0 = time.process_time()
-        secs = bulk_produce(dst, RAW_TOPIC, args.records, args.record_size, args.partitions)
-        cpu = time.process_time() - cpu0
-        raw = Rate("raw producer -> destination", args.records, secs, secs, cpu,
-                   cpu_us_per_record=cpu * 1e6 / args.records)
+        raw = raw_producer(dst, RAW_TOPIC, args)
         rates.append(raw)
 
         if args.latency_seconds > 0:
@@ -651,9 +752,15 @@ def main(argv: list[str] | None = None) -> int:
             except AssertionError as e:
                 verified = f"kafka-mirrors copy DIFFERS from the source:\n{e}"
 
+        rounds = [(raw, r)]
+        for n in range(2, args.rounds + 1):
+            rounds.append(extra_round(n, src, dst, args, workdir / f"round-{n}"))
+
         print_tables(rates, raw, latencies, args)
         if verified:
             print(f"\n{verified}")
+        if args.rounds > 1:
+            print_rounds(rounds)
         print(f"\nclusters: Apache Kafka 4.1.1, single node each, 127.0.0.1; {os.cpu_count()} CPUs; "
               f"worker log and registry in {workdir}")
         return 0
