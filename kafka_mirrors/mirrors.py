@@ -299,6 +299,7 @@ def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], 
         "reason": rec.reason,
         "failed": rec.failed,
         "stopped": rec.stopped,
+        "acls": rec.acls,
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
         "source_error": source_error,
@@ -346,7 +347,15 @@ def _describe_link(link, topic: str | None, now: float) -> dict:
         mirrors.append(build_mirror_view(rec, snap.progress, snap.workers, src_offsets, dst_ends, now,
                                          source_error=source_error, destination_error=dst_error))
     return {"link": link.name, "source_available": source_error is None, "source_error": source_error,
-            "mirrors": mirrors}
+            "consumer_offset_sync": latest_offset_sync(snap.workers), "mirrors": mirrors}
+
+
+def latest_offset_sync(workers: dict[str, dict]) -> dict | None:
+    """The newest consumer-offset sync summary any worker of the link reported in its
+    heartbeat (kafka_mirrors.offsetsync), or None when none did."""
+    summaries = [w.get("consumer_offset_sync") for w in workers.values()]
+    summaries = [x for x in summaries if isinstance(x, dict) and isinstance(x.get("at"), (int, float))]
+    return max(summaries, key=lambda x: x["at"], default=None)
 
 
 def describe_view(registry, link_name: str | None = None, topic: str | None = None,

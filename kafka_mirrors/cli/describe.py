@@ -5,6 +5,7 @@ on both clusters, derived lag, fillers, offsets lost, state and worker heartbeat
 The text renderer and the check here are shared with `mirror describe`."""
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import typer
@@ -16,6 +17,12 @@ def render_text(app: Application, view: dict) -> None:
     for link in view["links"]:
         where = "source reachable" if link["source_available"] else f"SOURCE_UNAVAILABLE: {link['source_error']}"
         app.print(f"link {link['link']} ({where})")
+        sync = link.get("consumer_offset_sync")
+        if sync:
+            app.print(f"  consumer offsets: last sync {max(0.0, time.time() - sync['at']):.0f} s ago: "
+                      f"{sync.get('offsets_written', 0)} offset(s) written to {len(sync.get('groups') or {})} "
+                      f"group(s), {len(sync.get('skipped') or {})} group(s) skipped, "
+                      f"{len(sync.get('errors') or {})} failed")
         if not link["mirrors"]:
             app.print("  no mirrors; run 'kafka-mirrors mirror create TOPIC --link " + link["link"] + "'")
         for m in link["mirrors"]:
@@ -28,6 +35,9 @@ def render_text(app: Application, view: dict) -> None:
             if m["failed"]:
                 f = m["failed"]
                 app.print(f"  failed at partition {f.get('partition')} offset {f.get('offset')}: {f.get('message')}")
+            if m.get("acls"):
+                app.print("  ACLs kafka-mirrors keeps: " + "; ".join(
+                    f"{a['permission']} {a['operation']} {a['principal']}" for a in m["acls"]))
             for err in (m["source_error"], m["destination_error"]):
                 if err and err != link["source_error"]:
                     app.print(f"  {err}")

@@ -85,6 +85,11 @@ def test_offsets_copied_and_group_resumes_on_destination(mirroring, cli, source,
         sync = last_offset_sync(dr)
         assert sync["skipped"] == {busy: "active on the destination (STABLE)"}, sync
         assert excluded not in sync["groups"] and sync["errors"] == {}, sync
+        # and describe shows the operator the same
+        r = cli("describe", "--link", dr.name, "--output", "json")
+        assert r.exit_code == 0, r.stderr
+        shown = json.loads(r.stdout)["links"][0]["consumer_offset_sync"]
+        assert shown["skipped"] == {busy: "active on the destination (STABLE)"} and shown["errors"] == {}, shown
     finally:
         holder.close()
 

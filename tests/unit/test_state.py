@@ -1,5 +1,7 @@
 """State store records (keys, JSON, folding a compacted log) and the describe/list views
 and health verdict built from them, without a broker."""
+import time
+
 import pytest
 
 from kafka_mirrors.errors import UsageError
@@ -213,3 +215,31 @@ def test_a_worker_that_stopped_cleanly_is_dated_by_its_last_progress():
     progress = {("orders", 0): {"records_copied": 3, "updated_at": NOW - 40}}
     v = build_mirror_view(rec(), progress, {}, SRC, {0: 3, 1: 0}, NOW)
     assert v["worker"]["status"] == "no worker seen for 40 s"
+
+
+def test_describe_shows_the_newest_consumer_offset_sync_and_the_acls_kept(capsys):
+    from kafka_mirrors.cli.application import Application
+    from kafka_mirrors.cli.describe import render_text
+    from kafka_mirrors import state as st
+    from kafka_mirrors.mirrors import build_mirror_view, latest_offset_sync
+
+    now = time.time()
+    workers = {"w1": {"consumer_offset_sync": {"at": now - 100, "groups": {"a": 1}, "skipped": {}, "errors": {},
+                                               "offsets_written": 1}},
+               "w2": {"consumer_offset_sync": {"at": now - 5, "groups": {"a": 2, "b": 1}, "skipped": {"c": "busy"},
+                                               "errors": {}, "offsets_written": 3}},
+               "w3": {}}
+    assert latest_offset_sync(workers)["at"] == now - 5
+    assert latest_offset_sync({"w3": {}}) is None
+    rec = st.MirrorRecord(link="dr", topic="t", source_topic="t", partitions=1,
+                          acls=[{"host": "*", "name": "t", "operation": "WRITE", "pattern": "LITERAL",
+                                 "permission": "DENY", "principal": "User:alice", "resource": "TOPIC"}])
+    m = build_mirror_view(rec, {}, {}, None, {0: 0}, now=time.time())
+    assert m["acls"] == rec.acls
+    view = {"links": [{"link": "dr", "source_available": True, "source_error": None,
+                       "consumer_offset_sync": latest_offset_sync(workers), "mirrors": [m]}]}
+    render_text(Application(), view)
+    out = " ".join(capsys.readouterr().out.split())  # the console may wrap long lines
+    assert "consumer offsets: last sync 5 s ago: 3 offset(s) written to 2 group(s), 1 group(s) skipped, " \
+        "0 failed" in out
+    assert "ACLs kafka-mirrors keeps: DENY WRITE User:alice" in out
