@@ -269,7 +269,7 @@ def _final_offset_sync(link, src_admin, dst_admin, topic: str, source_topic: str
 def _offset_sync_failed(link, store: StateStore, topic: str, state: str, exc: KafkaMirrorsError) -> dict:
     """The mirror goes back to the state it had: nothing was promoted."""
     try:
-        store.set_state(topic, state, reason=f"promote failed: consumer offsets not copied")
+        store.set_state(topic, state, reason="promote failed: consumer offsets not copied")
     except KafkaMirrorsError as again:
         return {"topic": topic, "ok": False, "state": PENDING_STOPPED,
                 "error": f"mirror '{topic}' not promoted: {exc}; and it was left PENDING_STOPPED: {again}; "

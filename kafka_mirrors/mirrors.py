@@ -113,7 +113,7 @@ def plan_mirror(link, name: str, source_topic: str | None, overrides: dict[str, 
             raise ConflictError(
                 f"destination topic '{mirror_topic}' exists with {existing.partitions} partitions, "
                 f"the source topic '{source_topic}' has {info.partitions}",
-                f"delete it or choose another name with --source-topic")
+                "delete it or choose another name with --source-topic")
         ends = topics.list_offsets(dst_admin, mirror_topic, range(existing.partitions), "latest")
         used = {p: o for p, o in sorted(ends.items()) if o > 0}
         if used:

@@ -217,7 +217,7 @@ def now_iso() -> str:
 
 def _bad(path: Path, key: str, what: str) -> RegistryError:
     return RegistryError(f"registry {path}: {key} {what}",
-                         f"fix the file by hand or move it aside (it was not changed)")
+                         "fix the file by hand or move it aside (it was not changed)")
 
 
 def _expect(path: Path, table: dict, key: str, where: str, typ: type, required: bool):

@@ -114,8 +114,8 @@ def _stopped_text(a: Application):
             a.print(f"{r['topic']}: STOPPED ({r['reason']}); records possibly lost: "
                     + ("unknown" if lost is None else (str(lost) if r["workers"] else f"at least {lost}")))
             if lost is None:
-                a.print(f"  the source offset of some partitions was never reported by a worker, so what "
-                        f"may be lost there is unknown")
+                a.print("  the source offset of some partitions was never reported by a worker, so what "
+                        "may be lost there is unknown")
             if not r["workers"]:
                 a.print("  no live worker was copying it")
             for w in r["workers_not_acked"]:
