@@ -346,9 +346,14 @@ def copy_tails(conf: dict, topic: str, side_topic: str, tails: Mapping[int, tupl
                     pending.discard(p)
                     continue
                 read[p] += 1
-                producer.produce(side_topic, key=m.key(), value=m.value(), partition=p,
-                                 headers=diverged_headers(m.headers(), topic, p, m.offset()),
-                                 timestamp=m.timestamp()[1], on_delivery=delivered)
+                while True:
+                    try:
+                        producer.produce(side_topic, key=m.key(), value=m.value(), partition=p,
+                                         headers=diverged_headers(m.headers(), topic, p, m.offset()),
+                                         timestamp=m.timestamp()[1], on_delivery=delivered)
+                        break
+                    except BufferError:  # local queue full: serve delivery reports, then retry
+                        producer.poll(0.1)
                 producer.poll(0)
                 if m.offset() >= tails[p][1] - 1:
                     pending.discard(p)
@@ -406,11 +411,8 @@ class _Context:
 
 
 def _select(snap, forward: Link, names: list[str], all_: bool, verb: str) -> tuple[list[MirrorRecord], list[dict]]:
+    """The forward mirrors to act on and error rows (TOPIC... or --all, checked by _each)."""
     from kafka_mirrors.mirrors import resolve_mirror_name
-    if all_ and names:
-        raise UsageError("give TOPIC... or --all, not both")
-    if not all_ and not names:
-        raise UsageError(f"nothing to {verb}: give TOPIC... or --all")
     if all_:
         return [r for _, r in sorted(snap.mirrors.items()) if selectable(r, verb) is None], []
     chosen, errors = [], []
@@ -629,6 +631,9 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
         if any(side_ends.get(p, 0) != n for p, n in saved.items()):
             raise KafkaOperationError(f"side topic '{side}' holds {side_ends}, expected {saved}",
                                       f"nothing was deleted; check '{side}' and run the command again")
+        # the old topic must hold nothing more than what was measured and saved: a producer
+        # still writing to the old source would otherwise lose records to the deletion
+        _refuse_if_grown(ctx, rec, old_ends, side)
         restore = {"side_topic": side, "saved": {str(p): n for p, n in saved.items()}, "at": time.time(),
                    "old_log_end_offsets": {str(p): o for p, o in old_ends.items()},
                    "configs": configs, "partitions": new_info.partitions}
@@ -640,6 +645,15 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
         ctx.ensure_link()
         old_ends = {int(p): o for p, o in (restore.get("old_log_end_offsets") or {}).items()}
         new_ends = _ends(ctx.new, rec.topic, new_info.partitions)
+        if original:
+            try:
+                _refuse_if_grown(ctx, rec, old_ends, restore.get("side_topic"))
+            except ConflictError:
+                # the recorded save no longer covers the tail: the next run saves it anew
+                stopped = dict(rec.stopped or {})
+                stopped.pop("restore", None)
+                ctx.fwd_store.set_state(rec.topic, STOPPED, reason=rec.reason, stopped=stopped)
+                raise
     # delete the original topic (never a topic someone re-created since), then re-create it
     if original:
         _delete_topic(ctx.old, rec.source_topic)
@@ -664,6 +678,19 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
                     acls=acls)
     return _row(rec, ctx, state=ACTIVE, action="re-created", side_topic=restore["side_topic"],
                 records_saved=sum(saved.values()), partitions=_partitions_view(stop, old_ends, new_ends, saved))
+
+
+def _refuse_if_grown(ctx: _Context, rec: MirrorRecord, measured: Mapping[int, int], side: str | None) -> None:
+    """ConflictError (nothing deleted) when the old topic's log end offsets moved since
+    `measured`: records written there meanwhile are not in the side topic."""
+    now = _ends(ctx.old, rec.source_topic, len(measured))
+    grown = {p: (measured.get(p), o) for p, o in now.items() if o != measured.get(p)}
+    if grown:
+        where = f"what was saved so far is in '{side}'; " if side else ""
+        raise ConflictError(f"'{rec.source_topic}' on the {ctx.old.label} took writes while its tail was being "
+                            f"saved (partition: (measured, now) log end offset {grown}); nothing was deleted",
+                            f"{where}stop the producers on the old source, then run 'kafka-mirrors "
+                            f"truncate-and-restore {rec.topic} --link {ctx.forward.name}' again")
 
 
 def truncate_and_restore(registry: Registry, link_name: str, names: list[str], all_: bool = False,

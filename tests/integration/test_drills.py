@@ -176,3 +176,34 @@ def test_truncate_and_restore_re_creates_a_deleted_old_topic(cli, mirroring, sou
     back.start_worker()
     back.wait_caught_up(topic)
     mt.assert_identical(destination, source, topic, topic, partitions=2)
+
+
+def test_truncate_and_restore_deletes_nothing_when_the_old_topic_takes_writes_meanwhile(
+        cli, mirroring, source, destination, monkeypatch):
+    from kafka_mirrors import failback
+    topic = _stopped_mirror(mirroring, cli, source, how="failover")
+    source.produce(topic, [b"tail-1"], partition=0)
+    real_copy = failback.copy_tails
+
+    def copy_while_an_app_writes(*args, **kwargs):
+        saved = real_copy(*args, **kwargs)
+        source.produce(topic, [b"written-during-the-save"], partition=1)  # a producer nobody stopped
+        return saved
+
+    monkeypatch.setattr(failback, "copy_tails", copy_while_an_app_writes)
+    before = mt.log_end_offsets(source, topic)
+    r = cli("truncate-and-restore", topic, "--link", mirroring.name, "--yes")
+    assert r.exit_code == 1
+    assert "took writes while its tail was being saved" in r.stderr and "nothing was deleted" in r.stderr
+    # the old topic and every record in it are still there
+    assert mt.log_end_offsets(source, topic) == {0: before[0], 1: before[1] + 1}
+    assert [r.value for r in mt.snapshot(source, topic, 1)][-1] == b"written-during-the-save"
+
+    # once the producers stopped, a re-run saves the whole tail and only then deletes
+    monkeypatch.setattr(failback, "copy_tails", real_copy)
+    r = cli("truncate-and-restore", topic, "--link", mirroring.name, "--yes", "--output", "json")
+    assert r.exit_code == 0, r.stderr
+    row = json.loads(r.stdout)["topics"][0]
+    assert row["action"] == "re-created"
+    side_values = {p: [s.value for s in mt.snapshot(source, row["side_topic"], p)] for p in (0, 1)}
+    assert side_values[1][-1] == b"written-during-the-save" and b"tail-1" in side_values[0]
