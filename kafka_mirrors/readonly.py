@@ -273,9 +273,11 @@ class ReadOnlyAcls:
         return recorded, changes
 
     # ---- the worker's periodic re-check
-    def refresh(self, store, topics: list[str]) -> list[str]:
+    def refresh(self, store, topics: list[str], records: dict | None = None) -> list[str]:
         """Deny principals granted WRITE since the mirror was made read-only, for each
         mirror in `topics` that is still ACTIVE or PAUSED. One DescribeAcls for all.
+        `records` (topic -> MirrorRecord, e.g. what a worker follows) spares reading the
+        state store for mirrors with nothing to change; a mirror that changes is re-read.
         Returns log lines (what changed, warnings); raises KafkaMirrorsError on failure."""
         from kafka_mirrors.state import ACTIVE, PAUSED
         if not topics or not self.managed():
@@ -283,7 +285,7 @@ class ReadOnlyAcls:
         existing = ka.topic_acls(self.admin)
         lines = []
         for topic in topics:
-            rec = store.get_mirror(topic)
+            rec = (records or {}).get(topic) or store.get_mirror(topic)
             if rec.state not in (ACTIVE, PAUSED):
                 continue
             recorded = from_json(rec.acls)
@@ -304,7 +306,7 @@ class ReadOnlyAcls:
         return lines
 
 
-def refresh_read_only(link, store, admin, topics: list[str]) -> list[str]:
+def refresh_read_only(link, store, admin, topics: list[str], records: dict | None = None) -> list[str]:
     """For the worker's config-sync tick: keep the mirrors in `topics` read-only as new
     principals are granted WRITE on them. Returns log lines; raises KafkaMirrorsError."""
-    return ReadOnlyAcls(link, admin).refresh(store, topics)
+    return ReadOnlyAcls(link, admin).refresh(store, topics, records)

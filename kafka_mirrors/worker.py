@@ -508,7 +508,8 @@ class Worker:
         granted it since the mirror was made read-only (kafka_mirrors.readonly)."""
         from kafka_mirrors.readonly import refresh_read_only
         try:
-            for line in refresh_read_only(self.link, self.store, self.dst_admin, sorted(self.tasks)):
+            active = sorted(t for t in self.tasks if self.known.get(t) and self.known[t].state == st.ACTIVE)
+            for line in refresh_read_only(self.link, self.store, self.dst_admin, active, self.known):
                 log.info("[%s] %s", self.link.name, line)
         except KafkaMirrorsError as exc:
             log.warning("[%s] read-only ACLs not refreshed: %s", self.link.name, exc)
