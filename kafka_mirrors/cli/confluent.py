@@ -24,6 +24,8 @@ topic failed. Exit codes as everywhere: 0 ok, 1 failed, 2 usage.
 """
 from __future__ import annotations
 
+import math
+
 import argparse
 import sys
 import time
@@ -198,8 +200,8 @@ def parse(args: list[str]) -> Request | None:
             req.timeout = float(ns.timeout)
         except ValueError:
             raise UsageError(f"--timeout '{ns.timeout}' is not a number of seconds") from None
-        if req.timeout < 0:
-            raise UsageError("--timeout must be 0 or more")
+        if not math.isfinite(req.timeout) or req.timeout < 0:
+            raise UsageError(f"--timeout '{ns.timeout}' must be a finite number of seconds, 0 or more")
     if action == "--create":
         if not ns.mirror_topic:
             raise UsageError("--create needs --mirror-topic T", "e.g. --create --mirror-topic orders --link dr")

@@ -4,6 +4,8 @@ topic; any failed topic makes the exit code 1. Promote and failover are destruct
 mirror becomes an ordinary writable topic) and confirm in a terminal unless --yes."""
 from __future__ import annotations
 
+import math
+
 from typing import List, Optional
 
 import typer
@@ -161,6 +163,8 @@ def promote(ctx: typer.Context, topics: Optional[List[str]] = TOPICS, link: str 
       kafka-mirrors promote --all --link dr --timeout 300 --yes
     """
     a = _app(ctx)
+    if not math.isfinite(timeout):
+        raise UsageError(f"--timeout {timeout} must be a finite number of seconds")
     _confirm("promoted", list(topics or []), all_, link, yes, "Promote")
     rows = service.promote(_link(a, link), list(topics or []), all_, timeout=timeout)
     _finish(a, rows, output, _stopped_text(a))
