@@ -2,7 +2,7 @@
 refusal logged once."""
 import logging
 
-from kafka_mirrors.autocreate import AutoCreator, topics_to_mirror
+from kafka_mirrors.worker.autocreate import AutoCreator, topics_to_mirror
 from kafka_mirrors.errors import ConflictError
 from kafka_mirrors.state import FAILED, STOPPED, MirrorRecord
 
