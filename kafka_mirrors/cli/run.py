@@ -47,8 +47,16 @@ def run(
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    from confluent_kafka import KafkaException
+
     try:
         code = Worker(the_link).run(stop)
+    except KafkaException as exc:
+        # a client error the worker could not charge to one mirror (e.g. at start-up,
+        # before any mirror runs): said plainly, no traceback
+        err = exc.args[0] if exc.args else exc
+        app.abort(f"worker for link '{link}' stopped: {getattr(err, 'str', lambda: str(err))()}", 1,
+                  f"check both clusters are reachable, then run 'kafka-mirrors run --link {link}' again")
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -1,9 +1,12 @@
 """confluent-kafka adapters behind the replication interfaces (replication/interfaces.py).
 
-    SourceFeed (one read_committed consumer for every source partition of a worker,
-        demultiplexed into per-partition buffers)  -> KafkaPartitionSource (one partition)
-    SinkProducers (one idempotent producer for the fast path, one transactional producer
-        per partition that shows gaps, created lazily) -> KafkaPartitionSink (one partition)
+    SourceFeeds (read_committed consumers, as few as can hold the worker's tasks: one
+        holds each source partition at most once, so a second mirror of a source topic
+        gets a second consumer; each is demultiplexed into per-partition buffers,
+        bounded in bytes overall)                  -> KafkaPartitionSource (one task)
+    SinkProducers (one idempotent producer for the fast path, a small pool of
+        transactional producers, one per slot of partitions, created lazily and closed
+        when idle)                                 -> KafkaPartitionSink (one task)
 
 The adapters are thin: they move bytes and report what Kafka said. Planning and checking
 stay in the replication core. Offsets are read with ListOffsets: earliest (log start
@@ -17,6 +20,7 @@ import contextlib
 import logging
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -142,7 +146,9 @@ def read_range(conf: Mapping[str, object], topic: str, partition: int, start: in
         return []
     c = Consumer(_quiet({**conf, "group.id": f"kafka-mirrors-read-{uuid.uuid4().hex[:8]}",
                          "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "enable.partition.eof": True, "auto.offset.reset": "earliest"}))
+                         "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                         # a few records at most are asked for: no wait for a fuller fetch
+                         "fetch.wait.max.ms": 10}))
     out: list[Record] = []
     try:
         c.assign([TopicPartition(topic, partition, start)])
@@ -166,11 +172,21 @@ def read_range(conf: Mapping[str, object], topic: str, partition: int, start: in
 @dataclass
 class _Buffer:
     # consecutive runs of one partition's messages as the consumer returned them (list
-    # slices: no per-message work to buffer them), `count` messages in all
+    # slices: no per-message work to buffer them), `count` messages in all. Each run is
+    # kept with the size of its first record, which stands for the run's records in the
+    # byte bounds (estimated: measuring every record would cost on the per-record path).
     chunks: collections.deque = field(default_factory=collections.deque)
     count: int = 0
+    bytes: int = 0
     end_offset: int | None = None  # the last PARTITION_EOF seen after the buffered records
     paused: bool = False
+    error: Exception | None = None  # a fetch error of this partition, raised by its next take()
+    news: bool = False  # an end of partition seen since the last take()
+
+
+def _record_size(m) -> int:
+    v, k = m.value(), m.key()
+    return 64 + (len(v) if v else 0) + (len(k) if k else 0)
 
 
 class SourceFeed:
@@ -181,12 +197,19 @@ class SourceFeed:
     PARTITION_EOF event (enable.partition.eof) carries the offset at which read_committed
     saw the end: it tells the copier what follows the record it holds back."""
 
-    MAX_BUFFERED = 20000
+    MAX_BUFFERED = 20000                    # records of one partition, then it is paused
+    MAX_PARTITION_BYTES = 16 * 1024 * 1024  # bytes of one partition, then it is paused
+    # bytes buffered for all partitions of this feed: past it, pump() takes nothing more
+    # from librdkafka, whose own prefetch queue is bounded too (queued.max.messages.kbytes
+    # applies to the consumer's one queue, whatever the number of partitions)
+    MAX_BUFFERED_BYTES = 64 * 1024 * 1024
 
-    def __init__(self, conf: Mapping[str, object], label: str, batch: int = 5000):
+    def __init__(self, conf: Mapping[str, object], label: str, batch: int = 5000,
+                 queue_kbytes: int = 64 * 1024):
         self.label = label
         self.batch = batch
         self.conf = dict(conf)
+        self.buffered_bytes = 0
         self.consumer = Consumer(_quiet({
             **conf,
             "group.id": f"kafka-mirrors-feed-{uuid.uuid4().hex[:8]}",  # never committed
@@ -202,7 +225,7 @@ class SourceFeed:
             # drop that partition's prefetched records and fetch them again). Still 4x
             # the Java consumer's default per partition and fetch round trip.
             "max.partition.fetch.bytes": 4 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
+            "queued.max.messages.kbytes": queue_kbytes,
             "fetch.wait.max.ms": 100,
             # librdkafka stops fetching a partition whose prefetch queue is full and, by
             # default, waits a whole second (fetch.queue.backoff.ms=1000) before looking
@@ -217,8 +240,17 @@ class SourceFeed:
         self.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
 
     def remove(self, topic: str, partition: int) -> None:
-        if self.buffers.pop((topic, partition), None) is not None:
+        buf = self.buffers.pop((topic, partition), None)
+        if buf is not None:
+            self.buffered_bytes -= buf.bytes
             self.consumer.incremental_unassign([TopicPartition(topic, partition)])
+
+    def has_data(self, topic: str, partition: int) -> bool:
+        buf = self.buffers.get((topic, partition))
+        return buf is not None and (buf.count > 0 or buf.news or buf.error is not None)
+
+    def full(self) -> bool:
+        return self.buffered_bytes >= self.MAX_BUFFERED_BYTES
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         # re-assigning is the reliable way to move a partition that may not be fetching yet
@@ -226,6 +258,10 @@ class SourceFeed:
         self.add(topic, partition, offset)
 
     def pump(self, timeout: float) -> int:
+        if self.buffered_bytes >= self.MAX_BUFFERED_BYTES:
+            # bounded overall: the copiers drain the buffers first (librdkafka's queue
+            # fills meanwhile and it stops fetching)
+            return 0
         # consume(n, timeout) waits for n messages or the whole timeout: wait for the
         # first message only, then take what is already there
         first = self.consumer.poll(timeout)
@@ -237,13 +273,17 @@ class SourceFeed:
         buffers = self.buffers
         buf = None
         topic, partition, start = None, -1, 0
+        added = 0
         for i, m in enumerate(msgs):
             err = m.error()
             if err is None and m.partition() == partition and m.topic() == topic:
                 continue
             if buf is not None and i > start:
-                buf.chunks.append(msgs[start:i])
+                size = _record_size(msgs[start])
+                buf.chunks.append((msgs[start:i], size))
                 buf.count += i - start
+                buf.bytes += size * (i - start)
+                added += size * (i - start)
                 buf.end_offset = None
             topic, partition, start = m.topic(), m.partition(), i
             buf = buffers.get((topic, partition))
@@ -253,14 +293,20 @@ class SourceFeed:
                     continue
                 if err.code() == KafkaError._PARTITION_EOF:
                     buf.end_offset = m.offset()
+                    buf.news = True
                     continue
-                raise KafkaOperationError(f"{self.label}: fetch of {topic}-{partition} failed: {err.str()}")
+                # charged to the partition's task, not to whichever task pumped
+                buf.error = KafkaOperationError(f"{self.label}: fetch of {topic}-{partition} failed: {err.str()}")
         if buf is not None and len(msgs) > start:
-            buf.chunks.append(msgs[start:])
+            size = _record_size(msgs[start])
+            buf.chunks.append((msgs[start:], size))
             buf.count += len(msgs) - start
+            buf.bytes += size * (len(msgs) - start)
+            added += size * (len(msgs) - start)
             buf.end_offset = None
+        self.buffered_bytes += added
         for key, buf in buffers.items():
-            if not buf.paused and buf.count >= self.MAX_BUFFERED:
+            if not buf.paused and (buf.count >= self.MAX_BUFFERED or buf.bytes >= self.MAX_PARTITION_BYTES):
                 # librdkafka drops what it prefetched for a paused partition and fetches it
                 # again on resume: rare by design (see max.partition.fetch.bytes)
                 log.debug("%s pausing %s-%d: %d records buffered", self.label, key[0], key[1], buf.count)
@@ -268,25 +314,39 @@ class SourceFeed:
                 buf.paused = True
         return len(msgs)
 
-    def take(self, topic: str, partition: int, max_records: int, timeout: float) -> FetchResult:
-        buf = self.buffers[(topic, partition)]
+    def take(self, topic: str, partition: int, max_records: int, timeout: float,
+             max_bytes: int = 8 * 1024 * 1024) -> FetchResult:
+        """At most max_records records and (as estimated) max_bytes bytes, at least one
+        record when there is one: a copy step hands the producer a bounded amount, so the
+        worker comes back to its other work (stops above all) soon whatever the record size."""
+        buf = self.buffers.get((topic, partition))
+        if buf is None:
+            raise KafkaOperationError(f"{self.label}: {topic}-{partition} is not assigned to this feed")
         if not buf.count and buf.end_offset is None:
             self.pump(timeout)
+        if buf.error is not None:
+            error, buf.error = buf.error, None
+            raise error
+        buf.news = False
         chunks = buf.chunks
         msgs: list = []
-        while chunks and len(msgs) < max_records:
-            chunk = chunks.popleft()
-            room = max_records - len(msgs)
+        taken_bytes = 0
+        while chunks and len(msgs) < max_records and taken_bytes < max_bytes:
+            chunk, size = chunks.popleft()
+            room = min(max_records - len(msgs), max(1, (max_bytes - taken_bytes) // size))
             if len(chunk) > room:
-                chunks.appendleft(chunk[room:])
+                chunks.appendleft((chunk[room:], size))
                 chunk = chunk[:room]
+            taken_bytes += size * len(chunk)
             if msgs:
                 msgs += chunk
             else:
                 msgs = chunk
         buf.count -= len(msgs)
+        buf.bytes -= taken_bytes
+        self.buffered_bytes -= taken_bytes
         recs = MessageRecords(msgs)
-        if buf.paused and buf.count < self.MAX_BUFFERED // 2:
+        if buf.paused and buf.count < self.MAX_BUFFERED // 2 and buf.bytes < self.MAX_PARTITION_BYTES // 2:
             self.consumer.resume([TopicPartition(topic, partition)])
             buf.paused = False
         end = buf.end_offset if not buf.count else None
@@ -302,9 +362,70 @@ class SourceFeed:
         self.consumer.close()
 
 
+class SourceFeeds:
+    """The source consumers of one worker: a consumer can be assigned a source partition
+    only once, so the tasks of two mirrors of one source topic (same source partitions,
+    each at its own position) go to different feeds. Feeds are made as needed (one in
+    the common case: as many as the most mirrors sharing one source partition)."""
+
+    def __init__(self, conf: Mapping[str, object], label: str, error_cb=None):
+        self.conf = dict(conf)
+        self.label = label
+        self.error_cb = error_cb
+        self.feeds: list[SourceFeed] = []
+
+    def _new(self) -> SourceFeed:
+        conf = dict(self.conf)
+        if self.error_cb is not None:
+            conf["error_cb"] = self.error_cb
+        feed = SourceFeed(conf, self.label)
+        self.feeds.append(feed)
+        return feed
+
+    def feed_for(self, topic: str, partition: int) -> SourceFeed:
+        """A feed not holding (topic, partition) yet; the caller adds it there."""
+        for feed in self.feeds:
+            if (topic, partition) not in feed.buffers:
+                return feed
+        return self._new()
+
+    def pump(self, timeout: float) -> int:
+        """Fill the feeds' buffers; waits up to timeout only when nothing came at once."""
+        feeds = [f for f in self.feeds if f.buffers]
+        if not feeds:
+            return 0
+        got = sum(f.pump(0) for f in feeds)
+        if not got and timeout > 0:
+            got = feeds[0].pump(timeout) if len(feeds) == 1 else sum(f.pump(timeout / len(feeds)) for f in feeds)
+        return got
+
+    @property
+    def assigned(self) -> int:
+        return sum(len(f.buffers) for f in self.feeds)
+
+    def high_watermark(self, topic: str, partition: int) -> int | None:
+        """The high watermark of the last fetch response of any feed holding it (no request)."""
+        best = None
+        for feed in self.feeds:
+            if (topic, partition) in feed.buffers:
+                hw = feed.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1]
+                if hw >= 0:
+                    best = hw if best is None else max(best, hw)
+        return best
+
+    def close(self) -> None:
+        for feed in self.feeds:
+            feed.close()
+        self.feeds.clear()
+
+
 class KafkaPartitionSource:
-    def __init__(self, feed: SourceFeed, offsets: OffsetReader, topic: str, partition: int):
-        self.feed = feed
+    """One task's source partition. Its feed is chosen at the first seek (the copier's
+    start): one that does not hold this source partition for another task."""
+
+    def __init__(self, feeds: "SourceFeeds | SourceFeed", offsets: OffsetReader, topic: str, partition: int):
+        self.feeds = feeds if isinstance(feeds, SourceFeeds) else None
+        self.feed = None if self.feeds is not None else feeds
         self.offset_reader = offsets
         self.topic = topic
         self.partition = partition
@@ -313,7 +434,19 @@ class KafkaPartitionSource:
         return self.offset_reader.all_offsets(self.topic, self.partition)
 
     def seek(self, offset: int) -> None:
+        if self.feed is None:
+            self.feed = self.feeds.feed_for(self.topic, self.partition)
         self.feed.seek(self.topic, self.partition, offset)
+
+    def release(self) -> None:
+        """Unassign from the feed (the task stopped)."""
+        if self.feed is not None:
+            self.feed.remove(self.topic, self.partition)
+            if self.feeds is not None:
+                self.feed = None
+
+    def has_data(self) -> bool:
+        return self.feed is not None and self.feed.has_data(self.topic, self.partition)
 
     def log_start_offset(self) -> int:
         return self.offset_reader.log_start_offset(self.topic, self.partition)
@@ -322,7 +455,9 @@ class KafkaPartitionSource:
         return self.feed.take(self.topic, self.partition, max_records, timeout)
 
     def read_range(self, start: int, end: int) -> list[Record]:
-        return read_range(self.feed.conf, self.topic, self.partition, start, end)
+        conf = self.feeds.conf if self.feeds is not None else self.feed.conf
+        return read_range({k: v for k, v in conf.items() if k != "error_cb"}, self.topic,
+                          self.partition, start, end)
 
 
 # ---------------------------------------------------------------- sink
@@ -345,17 +480,29 @@ class SinkProducers:
     across partitions; delivery reports are matched to the source offsets they copy in
     order, per partition (an idempotent producer keeps per-partition order), and checked
     as they arrive: the per-partition callback compares each report's offset with the
-    source offset its record copies and keeps only a tally and the mismatches. A
-    transactional producer, with a transactional.id derived from link, topic and
-    partition, is made only for a partition that shows a gap, so a second copier of the
-    same partition fences the first."""
+    source offset its record copies and keeps only a tally and the mismatches.
+
+    Transactional writes (gaps, and the fence at a copier's start) go through a pool of
+    SLOTS transactional producers: a mirror partition belongs to slot
+    crc32("<topic>/<partition>") % SLOTS, whose transactional.id is
+    kafka-mirrors/<link>/slot-<k>. The first use of a slot in a process runs
+    init_transactions, which fences every earlier producer of that id (a crashed or
+    stalled worker) and completes the abort of the transaction it left open, for every
+    partition that transaction touched. The mapping never changes, so a partition's
+    fence is always the same id. A slot idle for IDLE_CLOSE_S is closed (its threads go);
+    it fences nothing of ours when made again. Threads: a constant, plus those of at most
+    SLOTS producers, however many partitions."""
+
+    SLOTS = 16
+    IDLE_CLOSE_S = 60.0
 
     def __init__(self, conf: Mapping[str, object], link: str, label: str,
-                 delivery_timeout_ms: int = 30000):
+                 delivery_timeout_ms: int = 30000, queue_kbytes: int = 64 * 1024):
         self.conf = dict(conf)
         self.link = link
         self.label = label
         self.delivery_timeout_ms = delivery_timeout_ms
+        self.fenced_slots: set[int] = set()  # slots whose init_transactions ran in this process
         self.pending: dict[tuple[str, int], collections.deque] = collections.defaultdict(collections.deque)
         self._tallies: dict[tuple[str, int], _Tally] = {}
         self.producer = Producer(_quiet({
@@ -367,12 +514,14 @@ class SinkProducers:
             "batch.size": 1024 * 1024,
             "batch.num.messages": 10000,
             "queue.buffering.max.messages": 200000,
-            "queue.buffering.max.kbytes": 512 * 1024,
+            # bounded: a stop waits for what is queued ahead of the stopped mirror's writes
+            "queue.buffering.max.kbytes": queue_kbytes,
             "message.max.bytes": 8 * 1024 * 1024,
             "compression.type": "none",
             "delivery.timeout.ms": delivery_timeout_ms,
         }))
-        self.transactional: dict[tuple[str, int], Producer] = {}
+        self.transactional: dict[int, Producer] = {}
+        self._last_used: dict[int, float] = {}
         self._callbacks: dict[tuple[str, int], object] = {}
 
     def _reporter(self, key: tuple[str, int]):
@@ -444,22 +593,37 @@ class SinkProducers:
         tally.mismatches.clear()
         return out
 
+    def in_flight(self, topic: str, partition: int) -> int:
+        """Writes of this partition handed to the producer and not yet reported on."""
+        q = self.pending.get((topic, partition))
+        return len(q) if q else 0
+
+    def poll(self, timeout: float = 0.0) -> None:
+        self.producer.poll(timeout)
+
     def flush(self, topic: str, partition: int, timeout: float) -> Reports:
+        # poll, not producer.flush(): only this partition's writes are waited for
         deadline = time.monotonic() + timeout
-        while self.pending[(topic, partition)] and time.monotonic() < deadline:
-            self.producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-        if self.pending[(topic, partition)]:
+        pending = self.pending[(topic, partition)]
+        while pending and time.monotonic() < deadline:
+            self.producer.poll(min(0.05, max(0.0, deadline - time.monotonic())))
+        if pending:
             raise KafkaOperationError(
                 f"{self.label}: {len(self.pending[(topic, partition)])} writes to {topic}-{partition} "
                 f"not confirmed within {timeout:g} s")
         return self.take_confirmations(topic, partition)
 
+    @classmethod
+    def slot(cls, topic: str, partition: int) -> int:
+        return zlib.crc32(f"{topic}/{partition}".encode()) % cls.SLOTS
+
     def transactional_id(self, topic: str, partition: int) -> str:
-        return f"kafka-mirrors/{self.link}/{topic}/{partition}"
+        return f"kafka-mirrors/{self.link}/slot-{self.slot(topic, partition)}"
 
     def txn_producer(self, topic: str, partition: int) -> Producer:
-        key = (topic, partition)
-        p = self.transactional.get(key)
+        k = self.slot(topic, partition)
+        self._last_used[k] = time.monotonic()
+        p = self.transactional.get(k)
         if p is None:
             p = Producer(_quiet({
                 **self.conf,
@@ -474,10 +638,19 @@ class SinkProducers:
                 "transaction.timeout.ms": 15000,
                 "delivery.timeout.ms": min(self.delivery_timeout_ms, 15000),
             }))
-            # fences an older copier of this partition and aborts what it left open
+            # fences an older producer of this slot and aborts what it left open
             p.init_transactions(30)
-            self.transactional[key] = p
+            self.transactional[k] = p
+            self.fenced_slots.add(k)
         return p
+
+    def close_idle(self, now: float | None = None) -> int:
+        """Close the transactional producers not used for IDLE_CLOSE_S; returns how many."""
+        now = time.monotonic() if now is None else now
+        idle = [k for k in self.transactional if now - self._last_used.get(k, now) >= self.IDLE_CLOSE_S]
+        for k in idle:
+            self.transactional.pop(k).flush(5)
+        return len(idle)
 
     def purge(self) -> None:
         """Drop every write not yet confirmed (after a stall, before starting over from

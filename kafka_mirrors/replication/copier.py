@@ -170,6 +170,21 @@ class PartitionCopier:
         self._take_confirmations()
         return self.progress
 
+    def busy(self) -> bool:
+        """Work that needs no new source record: writes in flight or planned, a record held."""
+        return bool(self._in_flight or self._batch or self._held is not None)
+
+    def settle(self) -> int:
+        """For a stop that must not wait: plan and send nothing more (the planned batch
+        and the held record stay unwritten; a new copier resumes from the destination
+        log end offset) and take the delivery reports that came, checked as always
+        (PartitionFailed on a mismatch). Returns the writes still in flight: the stop is
+        complete at 0."""
+        self._batch = []
+        if self._failed is None and self._started:
+            self._take_confirmations()
+        return self._in_flight
+
     def stop(self, timeout: float) -> PartitionProgress:
         if self._failed is None and self._started:
             self._send()

@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import time
 
+from confluent_kafka import KafkaError
+
 from kafka_mirrors.kafka.admin import Admin
 
 PROBE_INTERVAL_S = 2.0
+# librdkafka errors that say the source's brokers cannot be reached
+SOURCE_DOWN_CODES = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN}
 
 
 class SourceWatch:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import KafkaError
 
+from kafka_mirrors.errors import KafkaOperationError
 from kafka_mirrors.kafka.partition import MessageRecords, SinkProducers, SourceFeed
 from kafka_mirrors.replication.interfaces import Confirmation, Record, Reports
 
@@ -89,7 +90,7 @@ class FakeConsumer:
 
 def feed(batch: int = 5000) -> tuple[SourceFeed, FakeConsumer]:
     f = SourceFeed.__new__(SourceFeed)
-    f.label, f.batch, f.conf, f.buffers = "[test]", batch, {}, {}
+    f.label, f.batch, f.conf, f.buffers, f.buffered_bytes = "[test]", batch, {}, {}, 0
     f.consumer = FakeConsumer()
     return f, f.consumer
 
@@ -138,8 +139,9 @@ def test_feed_raises_on_a_fetch_error_other_than_eof():
     f, c = feed()
     f.add("a", 0, 0)
     c.queue = [Msg("a", 0, 0), Msg("a", 0, 1, err=Err(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied"))]
+    f.pump(0)  # the error is kept for the partition's next take
     with pytest.raises(Exception, match="fetch of a-0 failed: denied"):
-        f.pump(0)
+        f.take("a", 0, 10, 0)
 
 
 def test_message_records_look_like_records_only_where_asked():
@@ -221,3 +223,64 @@ def test_sink_record_path_for_fillers_and_held_records():
     for cb, offset in zip(fake.callbacks, (5, 6)):
         cb(None, Delivered(offset))
     assert sink.take_confirmations("mirror", 0) == Reports(2, 6, ())
+
+
+def test_take_is_bounded_in_bytes_and_the_feed_stops_pumping_when_full():
+    f, c = feed()
+    f.add("a", 0, 0)
+    big = b"x" * (1024 * 1024)
+    c.queue = [Msg("a", 0, i, key=None, value=big) for i in range(40)]
+    assert f.pump(0) == 40
+    assert f.buffered_bytes >= 40 * len(big)
+    got = f.take("a", 0, 5000, 0, max_bytes=8 * 1024 * 1024)
+    assert 1 <= len(got.records) <= 8  # not 40: a step hands the producer a bounded amount
+    assert offsets(got) == list(range(len(got.records)))
+    rest = f.take("a", 0, 5000, 0, max_bytes=1)  # one record at least
+    assert offsets(rest) == [len(got.records)]
+    f.MAX_BUFFERED_BYTES = f.buffered_bytes  # as full as it may be
+    c.queue = [Msg("a", 0, 40)]
+    assert f.pump(0) == 0 and c.queue  # nothing taken from the consumer
+
+
+def test_a_fetch_error_is_charged_to_its_partition_not_to_the_one_that_pumped():
+    f, c = feed()
+    f.add("a", 0, 0)
+    f.add("b", 0, 0)
+    c.queue = [Msg("a", 0, 0), Msg("b", 0, 0, err=Err(KafkaError.OFFSET_OUT_OF_RANGE, "out of range"))]
+    f.pump(0)
+    assert offsets(f.take("a", 0, 10, 0)) == [0]  # a is served
+    assert f.has_data("b", 0)
+    with pytest.raises(KafkaOperationError, match="b-0"):
+        f.take("b", 0, 10, 0)
+    assert not f.has_data("b", 0)
+
+
+def test_two_tasks_of_one_source_partition_get_two_feeds():
+    from kafka_mirrors.kafka.partition import KafkaPartitionSource, SourceFeeds
+    feeds = SourceFeeds({}, "[t]")
+    made = []
+
+    def new():
+        fd, _ = feed()
+        feeds.feeds.append(fd)
+        made.append(fd)
+        return fd
+    feeds._new = new
+    a = KafkaPartitionSource(feeds, None, "t", 0)
+    b = KafkaPartitionSource(feeds, None, "t", 0)
+    other = KafkaPartitionSource(feeds, None, "t", 1)
+    a.seek(0)
+    b.seek(142)
+    other.seek(7)
+    assert a.feed is not b.feed and len(made) == 2
+    assert other.feed is made[0]  # a free feed is reused
+    b.release()
+    assert ("t", 0) not in made[1].buffers and ("t", 0) in made[0].buffers
+
+
+def test_transactional_slots_are_few_and_stable():
+    ids = {SinkProducers.slot(f"topic-{t}", p) for t in range(100) for p in range(100)}
+    assert ids == set(range(SinkProducers.SLOTS))
+    assert SinkProducers.slot("orders", 3) == SinkProducers.slot("orders", 3)
+    s = producers(FakeProducer())
+    assert s.transactional_id("orders", 3) == f"kafka-mirrors/l/slot-{SinkProducers.slot('orders', 3)}"

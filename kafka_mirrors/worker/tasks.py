@@ -1,0 +1,531 @@
+"""The data plane: copies the worker's (mirror, partition) tasks in one thread of its own.
+
+    control plane --Command--> inbox ─┐                      ┌─> outbox --Event--> control plane
+                                      ▼                      │
+                   CopyPlane.run(): commands, starts, steps, stops settling, pump
+
+A task belongs to a mirror and a partition, never to a source partition alone: two
+mirrors of one source topic are two tasks, each with its own position and its own feed
+buffer (kafka.partition.SourceFeeds). The plane owns every client of the copy (the source
+feeds, the sink producers) and is the only thread that touches them.
+
+Nothing here waits long. Commands are taken between any two partition steps and between
+any two partition starts; a step hands the producer a bounded batch (in records and in
+bytes); a stop marks the mirror stopping at once (nothing more is fetched, planned or
+sent for it) and is reported STOPPED only once the sink holds none of its writes in
+flight: every write it made is confirmed or failed, so none can land after the control
+plane acknowledges.
+
+Errors are charged where they happen. PartitionFailed fails that mirror (the control
+plane records FAILED); anything else (a stall, a refused write, a client error) backs
+that mirror alone off and starts it again later from the destination log end offsets.
+Only an unreachable source pauses every task, as a whole, until it answers again.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaException
+
+from kafka_mirrors import state as st
+from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError
+from kafka_mirrors.kafka import topics as kt
+from kafka_mirrors.kafka.admin import Admin, await_result
+from kafka_mirrors.kafka.partition import (
+    KafkaPartitionSink,
+    KafkaPartitionSource,
+    OffsetReader,
+    SinkProducers,
+    SourceFeeds,
+)
+from kafka_mirrors.replication.copier import PartitionCopier, PartitionFailed
+from kafka_mirrors.worker.source_watch import SOURCE_DOWN_CODES
+
+log = logging.getLogger("kafka_mirrors.worker")
+copy_log = logging.getLogger("kafka_mirrors.copy")
+
+BACKOFF_MIN_S = 1.0
+BACKOFF_MAX_S = 30.0
+REPORT_S = 2.0          # how often the plane publishes its progress view
+START_BUDGET_S = 0.05   # partition starts per turn stop after this long (commands come first)
+# Idle partitions are looked at (a ListOffsets to the destination) at most this many times
+# a second in all, so 10,000 idle partitions do not flood the brokers.
+IDLE_CHECKS_PER_S = 200.0
+SHUTDOWN_DRAIN_S = 10.0
+
+
+
+class SourceTopicChanged(KafkaMirrorsError):
+    """The source topic was deleted or re-created: mixing two topics' data is never right."""
+
+
+# ---------------------------------------------------------------- the hand-off
+
+@dataclass(frozen=True)
+class Command:
+    """From the control plane. kind: start (record), update (record), stop (topic, why,
+    ack), fail (topic, partition, error), partitions (topic, count: new source partitions),
+    shutdown."""
+    kind: str
+    topic: str = ""
+    record: st.MirrorRecord | None = None
+    why: str = ""
+    ack: bool = False
+    partition: int | None = None
+    error: str = ""
+    offset: int | None = None
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class Event:
+    """To the control plane. kind: stopped (topic, ack: acknowledge it), failed (topic,
+    partition, offset, error: record FAILED), backoff (topic, error), source_down (error),
+    started (topic)."""
+    kind: str
+    topic: str = ""
+    ack: bool = False
+    partition: int | None = None
+    offset: int | None = None
+    error: str = ""
+
+
+@dataclass
+class _Task:
+    copier: PartitionCopier
+    source: KafkaPartitionSource
+    next_idle: float = 0.0
+
+
+@dataclass
+class _Mirror:
+    record: st.MirrorRecord
+    compacted: bool = False
+    tasks: dict[int, _Task] = field(default_factory=dict)
+    to_start: list[int] = field(default_factory=list)
+    prepared: bool = False
+    stopping: bool = False
+    stop_why: str = ""
+    stop_ack: bool = False
+    stop_failed: Event | None = None     # the FAILED to record once the stop settled
+    restart_at: float | None = None      # backing off until then
+    backoff: float = BACKOFF_MIN_S
+    error: str | None = None             # the last error that backed it off
+    partitions: int = 0                  # the destination's partitions as the producer knows them
+    new_partitions_at: float = 0.0       # when to look again whether the producer knows new ones
+
+
+class CopyPlane:
+    def __init__(self, link, src_conf: dict, dst_conf: dict, src_admin: Admin, dst_admin: Admin,
+                 source_timeout: float, timeout: float, worker_id: str,
+                 delivery_timeout_ms: int = 30000):
+        self.link = link
+        self.name = link.name
+        self.src_conf = src_conf
+        self.dst_conf = dst_conf
+        self.src_admin = src_admin
+        self.dst_admin = dst_admin
+        self.timeout = timeout
+        self.source_timeout = source_timeout
+        self.worker_id = worker_id
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
+        self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
+        self.mirrors: dict[str, _Mirror] = {}
+        self.src_offsets = OffsetReader(src_admin.client, src_admin.label, source_timeout)
+        self.dst_offsets = OffsetReader(dst_admin.client, dst_admin.label, timeout)
+        self.feeds: SourceFeeds | None = None
+        self.producers: SinkProducers | None = None
+        # set by the control plane (the source watch); read here before any source call
+        self.source_ok = threading.Event()
+        self.source_ok.set()
+        self.source_error: str | None = None  # from the feeds' error_cb, read by the control plane
+        self.source_hw: dict[tuple[str, int], int] = {}  # freshest high watermark seen
+        # the progress view: {topic: {partition: {...}}}, replaced whole (one assignment)
+        self.view: dict[str, dict[int, dict]] = {}
+        self.view_serial = 0
+        self.publish_now = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.crashed: BaseException | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._open_clients()
+        self._thread = threading.Thread(target=self._run, name=f"copy-{self.name}", daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _open_clients(self) -> None:
+        self.feeds = SourceFeeds(self.src_conf, f"[{self.name}]", self._on_source_error)
+        self.producers = SinkProducers(self.dst_conf, self.name, f"[{self.name}]", self.delivery_timeout_ms)
+
+    def _on_source_error(self, err) -> None:
+        if err.code() in SOURCE_DOWN_CODES:
+            self.source_error = err.str()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - the control plane reports it and exits
+            log.exception("[%s] the copy thread stopped on an unexpected error", self.name)
+            self.crashed = exc
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        try:
+            if self.producers is not None:
+                self.producers.close(5)
+            if self.feeds is not None:
+                self.feeds.close()
+        except Exception as exc:  # noqa: BLE001 - closing must not hide the real error
+            log.warning("[%s] closing the copy clients: %s", self.name, exc)
+
+    # ------------------------------------------------------------ the loop
+
+    def _loop(self) -> None:
+        shutdown_at: float | None = None
+        next_report = 0.0
+        was_ok = True
+        while True:
+            now = time.monotonic()
+            if self._commands():
+                shutdown_at = now
+                for m in self.mirrors.values():
+                    self._begin_stop(m, "worker shutting down", ack=False)
+            copying = self.source_ok.is_set() and shutdown_at is None
+            progressed = False
+            if copying:
+                self._restart_due(now)
+                self._starts(now)
+                progressed = self._steps(now)
+            self.producers.poll(0)
+            self._settle_stops()
+            if shutdown_at is not None and (not self.mirrors or now - shutdown_at > SHUTDOWN_DRAIN_S):
+                self._publish()
+                return
+            if was_ok and not copying:
+                self.publish_now.set()  # the freshest high watermarks, for failover's RPO
+            was_ok = copying
+            if now >= next_report or self.publish_now.is_set():
+                self.publish_now.clear()
+                self._publish()
+                self.producers.close_idle(now)
+                next_report = now + REPORT_S
+            if not progressed:
+                if copying and self.feeds.assigned:
+                    self.feeds.pump(0.05)
+                else:
+                    time.sleep(0.02)
+
+    def _commands(self) -> bool:
+        """Apply every waiting command; True on shutdown."""
+        shutdown = False
+        while True:
+            try:
+                cmd = self.inbox.get_nowait()
+            except queue.Empty:
+                return shutdown
+            if cmd.kind == "shutdown":
+                shutdown = True
+                continue
+            m = self.mirrors.get(cmd.topic)
+            if cmd.kind == "start":
+                # a mirror still settling a stop is started again by the control plane once
+                # it reported the stop
+                if m is None:
+                    self.mirrors[cmd.topic] = _Mirror(cmd.record)
+            elif m is None:
+                if cmd.kind == "stop" and cmd.ack:
+                    self.outbox.put(Event("stopped", cmd.topic, ack=True))
+                continue
+            elif cmd.kind == "update":
+                m.record = cmd.record
+            elif cmd.kind == "stop":
+                self._begin_stop(m, cmd.why, cmd.ack)
+            elif cmd.kind == "fail":
+                self._fail(m, cmd.partition, cmd.error, cmd.offset)
+            elif cmd.kind == "partitions" and not m.stopping and m.prepared:
+                new = [p for p in range(cmd.count) if p not in m.tasks and p not in m.to_start]
+                m.to_start.extend(new)
+                if new:
+                    log.info("[%s/%s] new source partition(s) %s: copying", self.name, cmd.topic, new)
+
+    # ------------------------------------------------------------ starting
+
+    def _restart_due(self, now: float) -> None:
+        """Mirrors whose back-off is over start again, once every write of their old
+        copiers is confirmed or failed (a new copier reads the destination log end offset)."""
+        for m in self.mirrors.values():
+            if m.restart_at is None or now < m.restart_at or m.stopping:
+                continue
+            topic = m.record.topic
+            if any(self.producers.in_flight(topic, p) for p in m.tasks):
+                continue
+            for p in m.tasks:
+                self.producers.take_confirmations(topic, p)
+            m.tasks.clear()
+            m.restart_at = None
+            m.prepared = False
+
+    def _starts(self, now: float) -> None:
+        """Prepare mirrors and start partitions, for START_BUDGET_S at most: commands are
+        looked at again before more starts."""
+        deadline = now + START_BUDGET_S
+        interval = None
+        for topic, m in list(self.mirrors.items()):
+            if m.stopping or m.restart_at is not None:
+                continue
+            try:
+                if not m.prepared:
+                    self._prepare(m)
+                while m.to_start:
+                    p = m.to_start[0]
+                    if p >= m.partitions and not self._producer_knows(m, p):
+                        break  # added a moment ago: the next turns look again
+                    interval = interval or self._idle_interval()
+                    self._start_partition(m, p, interval)
+                    m.to_start.pop(0)
+                    if time.monotonic() > deadline:
+                        return
+            except PartitionFailed as exc:
+                self._fail(m, getattr(exc, "partition", None), str(exc), exc.offset)
+            except (NotFoundError, SourceTopicChanged) as exc:
+                self._fail(m, None, str(exc), None)
+            except (KafkaMirrorsError, KafkaException, BufferError) as exc:
+                self._back_off(m, f"cannot start: {exc}")
+            if time.monotonic() > deadline:
+                return
+
+    def _prepare(self, m: _Mirror) -> None:
+        rec = m.record
+        info = source_topic(self.src_admin, rec)
+        configs = kt.topic_overrides(self.dst_admin, rec.topic)
+        m.compacted = "compact" in configs.get("cleanup.policy", "")
+        dst_parts = kt.describe_topic(self.dst_admin, rec.topic).partitions
+        if info.partitions > dst_parts:
+            add_destination_partitions(self.dst_admin, rec.topic, info.partitions, self.timeout)
+            log.info("[%s/%s] destination now has %d partitions", self.name, rec.topic, info.partitions)
+        m.to_start = [p for p in range(info.partitions) if p not in m.tasks]
+        m.partitions = dst_parts  # partitions added just now are checked first (_producer_knows)
+        m.new_partitions_at = 0.0
+        m.prepared = True
+        log.info("[%s/%s] copying %d partition(s) from '%s'", self.name, rec.topic,
+                 info.partitions, rec.source_topic)
+        self.outbox.put(Event("started", rec.topic))
+
+    def _producer_knows(self, m: _Mirror, p: int) -> bool:
+        """Whether the sink producer's metadata has partition p (one the source added since
+        the mirror started): producing to it before fails with an unknown partition."""
+        now = time.monotonic()
+        if now < m.new_partitions_at:
+            return False
+        m.new_partitions_at = now + 1.0
+        md = self.producers.producer.list_topics(m.record.topic, timeout=1.0)
+        t = md.topics.get(m.record.topic)
+        m.partitions = len(t.partitions) if t is not None and t.error is None else m.partitions
+        return p < m.partitions
+
+    def _idle_interval(self) -> float:
+        n = sum(len(m.tasks) + len(m.to_start) for m in self.mirrors.values())
+        return max(1.0, n / IDLE_CHECKS_PER_S)
+
+    def _start_partition(self, m: _Mirror, p: int, interval: float) -> None:
+        rec = m.record
+        source = KafkaPartitionSource(self.feeds, self.src_offsets, rec.source_topic, p)
+        sink = KafkaPartitionSink(self.producers, self.dst_offsets, self.dst_admin, self.dst_conf,
+                                  rec.topic, p, m.compacted)
+        copier = PartitionCopier(source, sink, label=f"{self.name}/{rec.topic}-p{p}", logger=copy_log,
+                                 idle_check_interval=interval)
+        try:
+            copier.start()
+        except PartitionFailed as exc:
+            source.release()
+            exc.partition = p
+            raise
+        except BaseException:
+            source.release()
+            raise
+        m.tasks[p] = _Task(copier, source, time.monotonic() + random.uniform(0, interval))
+
+    # ------------------------------------------------------------ copying
+
+    def _steps(self, now: float) -> bool:
+        progressed = False
+        interval = None
+        for topic, m in list(self.mirrors.items()):
+            if m.stopping or m.restart_at is not None:
+                continue
+            for p, task in list(m.tasks.items()):
+                copier = task.copier
+                if not (copier.busy() or task.source.has_data() or now >= task.next_idle):
+                    continue
+                if now >= task.next_idle:
+                    interval = interval or self._idle_interval()
+                    task.next_idle = now + interval
+                before = copier.progress.next_offset
+                try:
+                    copier.step(0.0)
+                except PartitionFailed as exc:
+                    cause = str(exc)
+                    # a source topic deleted and re-created under the copy shows up as
+                    # offsets going back: name the cause when it is that
+                    try:
+                        source_topic(self.src_admin, m.record)
+                    except SourceTopicChanged as changed:
+                        cause = str(changed)
+                    except KafkaMirrorsError:
+                        pass
+                    self._fail(m, p, cause, exc.offset)
+                    break
+                except (KafkaMirrorsError, KafkaException, BufferError) as exc:
+                    self._back_off(m, f"partition {p}: {exc}")
+                    break
+                if copier.progress.next_offset != before:
+                    progressed = True
+                if not self.inbox.empty():
+                    return True  # commands first: a stop waits for no other partition
+        return progressed
+
+    # ------------------------------------------------------------ stopping
+
+    def _begin_stop(self, m: _Mirror, why: str, ack: bool) -> None:
+        """Nothing more is fetched, planned or sent for the mirror from now on."""
+        if not m.stopping:
+            m.stopping, m.stop_why = True, why
+            for task in m.tasks.values():
+                task.source.release()
+        m.stop_ack = m.stop_ack or ack
+
+    def _settle_stops(self) -> None:
+        for topic, m in list(self.mirrors.items()):
+            if not m.stopping:
+                continue
+            left = 0
+            for p, task in m.tasks.items():
+                try:
+                    task.copier.settle()
+                except PartitionFailed as exc:
+                    if m.stop_failed is None and m.stop_why != "worker shutting down":
+                        log.error("[%s/%s-p%d] while stopping: %s", self.name, topic, p, exc)
+                left += self.producers.in_flight(topic, p)
+            if left:
+                continue
+            for p in m.tasks:
+                self.producers.take_confirmations(topic, p)  # nothing left over for a new copier
+            self._remember_hw(m)
+            self._publish_one(topic, m)
+            del self.mirrors[topic]
+            log.info("[%s/%s] stopped copying: %s", self.name, topic, m.stop_why)
+            if m.stop_failed is not None:
+                self.outbox.put(m.stop_failed)
+            else:
+                self.outbox.put(Event("stopped", topic, ack=m.stop_ack))
+
+    def _fail(self, m: _Mirror, partition: int | None, error: str, offset: int | None) -> None:
+        topic = m.record.topic
+        log.error("[%s/%s%s] FAILED: %s", self.name, topic,
+                  f"-p{partition}" if partition is not None else "", error)
+        self._begin_stop(m, "failed", ack=False)
+        m.stop_failed = Event("failed", topic, partition=partition, offset=offset, error=error)
+
+    def _back_off(self, m: _Mirror, error: str) -> None:
+        """This mirror alone stops now (its writes settle) and starts again after a back-off,
+        from the destination log end offsets."""
+        topic = m.record.topic
+        log.warning("[%s/%s] %s; copying it starts over in %.0f s", self.name, topic, error, m.backoff)
+        self._remember_hw(m)
+        for p, task in m.tasks.items():
+            task.source.release()
+            try:
+                task.copier.settle()
+            except PartitionFailed:
+                pass
+        # the old copiers stay until their writes settled (_restart_due): no wait here
+        m.to_start = []
+        m.error = error
+        m.restart_at = time.monotonic() + m.backoff
+        m.backoff = min(m.backoff * 2, BACKOFF_MAX_S)
+        self.outbox.put(Event("backoff", topic, error=error))
+
+    # ------------------------------------------------------------ reporting
+
+    def _remember_hw(self, m: _Mirror) -> None:
+        for p in m.tasks:
+            hw = self.feeds.high_watermark(m.record.source_topic, p)
+            if hw is not None:
+                self.source_hw[(m.record.topic, p)] = hw
+
+    def _progress(self, topic: str, p: int, task: _Task) -> dict:
+        pr = task.copier.progress
+        return {
+            # the source's high watermark as of the last fetch response (no request): what
+            # failover reports as the last known source offset when the source is gone
+            "source_high_watermark": self.source_hw.get((topic, p)),
+            "next_offset": pr.next_offset,
+            "records_copied": pr.records_copied,
+            "fillers_written": pr.fillers_written,
+            "offsets_lost_to_source_retention": pr.offsets_lost_to_source_retention,
+            "last_error": pr.last_error,
+            "worker_id": self.worker_id,
+        }
+
+    def _publish_one(self, topic: str, m: _Mirror) -> None:
+        view = dict(self.view)
+        view[topic] = {p: self._progress(topic, p, t) for p, t in m.tasks.items()}
+        self.view = view
+        self.view_serial += 1
+
+    def _publish(self) -> None:
+        view: dict[str, dict[int, dict]] = {}
+        for topic, m in self.mirrors.items():
+            self._remember_hw(m)
+            if m.tasks:
+                view[topic] = {p: self._progress(topic, p, t) for p, t in m.tasks.items()}
+        # mirrors that stopped since keep their last progress in the view until written
+        for topic, parts in self.view.items():
+            view.setdefault(topic, parts)
+        self.view = view
+        self.view_serial += 1
+
+    def status(self) -> dict[str, dict]:
+        """{topic: {"state": copying|starting|backoff|stopping, "error": ...}} (a copy)."""
+        out = {}
+        for topic, m in list(self.mirrors.items()):
+            state = ("stopping" if m.stopping else "backoff" if m.restart_at is not None
+                     else "starting" if (not m.prepared or m.to_start) else "copying")
+            out[topic] = {"state": state, "error": m.error, "partitions": sorted(m.tasks)}
+        return out
+
+
+# ---------------------------------------------------------------- source and destination topics
+
+def source_topic(src_admin: Admin, rec: st.MirrorRecord) -> kt.TopicInfo:
+    """The source topic as it is now; SourceTopicChanged when it is gone or is no longer
+    the topic the mirror was made from (new topic ID)."""
+    try:
+        info = kt.describe_topic(src_admin, rec.source_topic)
+    except NotFoundError:
+        raise SourceTopicChanged(f"source topic '{rec.source_topic}' was deleted") from None
+    if rec.source_topic_id and info.topic_id != rec.source_topic_id:
+        raise SourceTopicChanged(f"source topic '{rec.source_topic}' was re-created "
+                                 f"(topic ID {info.topic_id}, mirror made from {rec.source_topic_id})")
+    return info
+
+
+def add_destination_partitions(dst_admin: Admin, topic: str, count: int, timeout: float) -> None:
+    from confluent_kafka.admin import NewPartitions
+    futs = dst_admin.client.create_partitions([NewPartitions(topic, count)], request_timeout=timeout)
+    await_result(futs[topic], f"adding partitions to '{topic}'", dst_admin.label, timeout)
