@@ -220,16 +220,8 @@ def list_view(registry, link_name: str | None = None, state: str | None = None) 
 # ---------------------------------------------------------------- describe
 
 def _worker_partitions(worker: dict) -> set[tuple[str, int]]:
-    out = set()
-    for p in worker.get("partitions") or []:
-        if isinstance(p, dict) and "topic" in p and "partition" in p:
-            out.add((p["topic"], int(p["partition"])))
-        elif isinstance(p, (list, tuple)) and len(p) == 2:
-            out.add((p[0], int(p[1])))
-        elif isinstance(p, str) and p.rpartition("-")[2].isdigit():
-            topic, _, partition = p.rpartition("-")  # "topic-3", as the worker reports
-            out.add((topic, int(partition)))
-    return out
+    from kafka_mirrors.state import worker_partitions
+    return worker_partitions(worker)
 
 
 def worker_view(topic: str, workers: dict[str, dict], now: float,

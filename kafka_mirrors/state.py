@@ -85,6 +85,58 @@ def ack_key(link: str, topic: str, worker_id: str) -> str:
     return f"ack/{link}/{topic}/{worker_id}"
 
 
+def format_partition_ranges(partitions) -> str:
+    """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8": how a heartbeat names the partitions it serves
+    (10,000 partition names every 2 s would make the state topic grow fast)."""
+    out: list[str] = []
+    ps = sorted(set(int(p) for p in partitions))
+    i = 0
+    while i < len(ps):
+        j = i
+        while j + 1 < len(ps) and ps[j + 1] == ps[j] + 1:
+            j += 1
+        out.append(str(ps[i]) if i == j else f"{ps[i]}-{ps[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def parse_partition_ranges(text: str) -> list[int]:
+    """The inverse of format_partition_ranges; ValueError on anything else."""
+    out: list[int] = []
+    for part in (text or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        first, sep, last = part.partition("-")
+        lo, hi = int(first), int(last) if sep else int(first)
+        if lo < 0 or hi < lo:
+            raise ValueError(f"bad partition range {part!r}")
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def worker_partitions(worker: dict) -> set[tuple[str, int]]:
+    """The (topic, partition)s a heartbeat says its worker serves: the "serving" map of
+    ranges per mirror, or the "partitions" list older workers wrote."""
+    out = set()
+    serving = worker.get("serving")
+    if isinstance(serving, dict):
+        for topic, ranges in serving.items():
+            try:
+                out.update((topic, p) for p in parse_partition_ranges(str(ranges)))
+            except ValueError:
+                log.warning("skipping malformed partition ranges %r in a heartbeat", ranges)
+    for p in worker.get("partitions") or []:
+        if isinstance(p, dict) and "topic" in p and "partition" in p:
+            out.add((p["topic"], int(p["partition"])))
+        elif isinstance(p, (list, tuple)) and len(p) == 2:
+            out.add((p[0], int(p[1])))
+        elif isinstance(p, str) and p.rpartition("-")[2].isdigit():
+            topic, _, partition = p.rpartition("-")  # "topic-3", as older workers report
+            out.add((topic, int(partition)))
+    return out
+
+
 def encode(value: Any) -> bytes | None:
     if value is None:
         return None
@@ -344,6 +396,11 @@ class StateStore:
 
     def ack(self, topic: str, worker_id: str, state: str) -> None:
         self._put(ack_key(self.link, topic, worker_id), {"state": state, "at": time.time()})
+
+    def ack_many(self, topics, worker_id: str, state: str) -> None:
+        """A worker's acknowledgement of several stops in one flush (a failover --all)."""
+        now = time.time()
+        self._put_many([(ack_key(self.link, t, worker_id), {"state": state, "at": now}) for t in topics])
 
     def follow(self, start_offset: int | None = None) -> "StateFollower":
         """Tail the store from `start_offset` (e.g. a snapshot's end_offset), else from

@@ -152,7 +152,7 @@ class Mirroring:
         def serving():
             store = st.StateStore(self.destination.conf(), self.name)
             try:
-                return any(any(str(p).startswith(topic + "-") for p in w.get("partitions") or [])
+                return any(any(t == topic for t, _ in st.worker_partitions(w))
                            for w in store.snapshot().workers.values())
             finally:
                 store.close()

@@ -247,7 +247,7 @@ class Worker:
             rec = self.known.get(t)
             parts = set(status.get(t, {}).get("partitions") or ()) | set(range(rec.partitions if rec else 0))
             if parts:
-                out[t] = st.format_partition_ranges(sorted(parts)) if hasattr(st, 'format_partition_ranges') else ','.join(map(str, sorted(parts)))  # TEMP
+                out[t] = st.format_partition_ranges(parts)
         return out
 
     def _heartbeat(self, final: bool = False) -> None:

@@ -243,3 +243,22 @@ def test_describe_shows_the_newest_consumer_offset_sync_and_the_acls_kept(capsys
     assert "consumer offsets: last sync 5 s ago: 3 offset(s) written to 2 group(s), 1 group(s) skipped, " \
         "0 failed" in out
     assert "ACLs kafka-mirrors keeps: DENY WRITE User:alice" in out
+
+
+def test_partition_ranges_round_trip_and_refuse_bad_input():
+    from kafka_mirrors.state import format_partition_ranges, parse_partition_ranges
+    assert format_partition_ranges([8, 0, 1, 2, 5, 7, 2]) == "0-2,5,7-8"
+    assert format_partition_ranges(range(10_000)) == "0-9999"
+    assert format_partition_ranges([]) == ""
+    assert parse_partition_ranges("0-2,5,7-8") == [0, 1, 2, 5, 7, 8]
+    assert parse_partition_ranges("") == []
+    for bad in ("3-1", "a", "1-b", "-1"):
+        with pytest.raises(ValueError):
+            parse_partition_ranges(bad)
+
+
+def test_worker_partitions_read_new_and_old_heartbeats():
+    from kafka_mirrors.state import worker_partitions
+    assert worker_partitions({"serving": {"t": "0-1", "u": "4"}}) == {("t", 0), ("t", 1), ("u", 4)}
+    assert worker_partitions({"partitions": ["my-topic-3", ["t", 1]]}) == {("my-topic", 3), ("t", 1)}
+    assert worker_partitions({"serving": {"t": "x"}}) == set()  # malformed: skipped, logged
