@@ -405,6 +405,7 @@ class CopyPlane:
         """Nothing more is fetched, planned or sent for the mirror from now on."""
         if not m.stopping:
             m.stopping, m.stop_why = True, why
+            self._remember_hw(m)  # the feed forgets it once the partition is unassigned
             for task in m.tasks.values():
                 task.source.release()
         m.stop_ack = m.stop_ack or ack
@@ -425,7 +426,6 @@ class CopyPlane:
                 continue
             for p in m.tasks:
                 self.producers.take_confirmations(topic, p)  # nothing left over for a new copier
-            self._remember_hw(m)
             self._publish_one(topic, m)
             del self.mirrors[topic]
             log.info("[%s/%s] stopped copying: %s", self.name, topic, m.stop_why)
