@@ -390,11 +390,36 @@ def _big_records(n: int, size: int = MIB):
 def _failover_and_check(m: Mirroring, cli, worker: subprocess.Popen, topic: str) -> dict[int, int]:
     """failover with a live worker: every worker acknowledged within the bound, the point
     it reports is where the destination stands. Returns the point."""
+    # sample the destination while failover runs: when did the writes stop (printed only)
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample():
+        c = m.destination.consumer(**{"isolation.level": "read_uncommitted"})
+        try:
+            tps = [TopicPartition(topic, p) for p in sorted(_ends(m.destination, topic))]
+            while not done.is_set():
+                samples.append((time.monotonic() - t0,
+                                sum(c.get_watermark_offsets(tp, timeout=10, cached=False)[1] for tp in tps)))
+                done.wait(0.05)
+        finally:
+            c.close()
+
     t0 = time.monotonic()
-    r = cli("failover", topic, "--link", m.name, "--yes", "--output", "json")
-    took = time.monotonic() - t0
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        r = cli("failover", topic, "--link", m.name, "--yes", "--output", "json")
+        took = time.monotonic() - t0
+    finally:
+        done.set()
+        sampler.join(15)
     ends = _ends(m.destination, topic)
     print(f"\nfailover of {topic} took {took:.2f} s")
+    if samples:
+        last_change = max((t for (t, n), (_, prev) in zip(samples[1:], samples) if n != prev), default=0.0)
+        print(f"destination log end offsets (sum) during failover: {samples[0][1]} at its start, "
+              f"{samples[-1][1]} at its return; last change seen {last_change:.2f} s after it began")
     assert r.exit_code == 0, r.stderr
     assert "did not acknowledge" not in r.stdout + r.stderr
     (row,) = json.loads(r.stdout)["topics"]
