@@ -6,29 +6,60 @@ and every host with the link definition sees the same states (DESIGN.md sections
 Keys (UTF-8) and JSON values:
 
     mirror/<link>/<topic>                   MirrorRecord (topic = mirror topic on the destination)
-    worker/<link>/<worker_id>               {worker_id, host, pid, heartbeat_at, partitions}
-    progress/<link>/<topic>/<partition>     {next_offset, records_copied, fillers_written,
-                                             offsets_lost_to_source_retention, updated_at}
+    worker/<link>/<worker_id>               {worker_id, host, pid, heartbeat_at, serving:
+                                             {topic: "0-99,105"}} (older: a partitions list)
+    progress/<link>/<topic>                 {partitions: {"<p>": {next_offset, records_copied,
+                                             fillers_written, offsets_lost_to_source_retention,
+                                             updated_at?}}, updated_at}: one record per mirror
+    progress/<link>/<topic>/<partition>     one partition's dict, as older workers wrote it
     ack/<link>/<topic>/<worker_id>          {state, at}: a worker saw a stop
 
 A null value (tombstone) deletes a key. Writes use an idempotent acks=all producer and are
-flushed before `put_*` returns; a read assigns the partition and reads from the log start
-offset up to the high watermark. Compaction keeps the newest value per key, so a read folds
+flushed before `put_*` returns. Compaction keeps the newest value per key, so a read folds
 records in offset order and the last one wins.
+
+Reads are incremental: a store keeps the snapshot it folded and, on the next read, folds
+only the records from that snapshot's end offset up to the current high watermark. It
+reads from the log start again when it cannot trust the cache (the log start moved past
+it, the log is shorter than it, or it was idle for longer than FULL_READ_AFTER_IDLE_S,
+well within delete.retention.ms, so no tombstone is missed). The cost of a read is then
+the records written since the last one, not the history of the link; the topic settings
+(STATE_TOPIC_CONFIGS) make compaction keep a full read small too.
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dc_fields
-from typing import Any
+from typing import Any, Iterable
 
-from kafka_mirrors.errors import KafkaOperationError, KafkaUnavailableError, NotFoundError
+from kafka_mirrors.errors import (
+    ConflictError,
+    KafkaMirrorsError,
+    KafkaOperationError,
+    KafkaUnavailableError,
+    NotFoundError,
+)
 
 STATE_TOPIC = "__kafka_mirrors_state"
+# Compaction that keeps up with a worker's heartbeats and progress: a segment rolls every
+# minute and is cleaned within a minute more (plus the broker's log.cleaner.backoff.ms,
+# 15 s by default) once a tenth of the log is superseded. All four are topic configs of
+# Kafka 4.1 (segment.ms has no 1 MiB floor like segment.bytes).
+STATE_TOPIC_CONFIGS = {
+    "cleanup.policy": "compact",
+    "segment.ms": "60000",
+    "min.cleanable.dirty.ratio": "0.1",
+    "max.compaction.lag.ms": "60000",
+}
+# A cache idle this long is read again from the start: compaction drops a tombstone only
+# delete.retention.ms (24 h by default) after cleaning it, so a reader behind by less than
+# that cannot miss a deletion.
+FULL_READ_AFTER_IDLE_S = 3600.0
 
 ACTIVE = "ACTIVE"
 PAUSED = "PAUSED"
@@ -78,14 +109,20 @@ def worker_key(link: str, worker_id: str) -> str:
 
 
 def progress_key(link: str, topic: str, partition: int) -> str:
+    """One partition's progress, the key older workers wrote (still read and deleted)."""
     return f"progress/{link}/{topic}/{partition}"
+
+
+def mirror_progress_key(link: str, topic: str) -> str:
+    """Every partition's progress of one mirror in one record (what workers write now)."""
+    return f"progress/{link}/{topic}"
 
 
 def ack_key(link: str, topic: str, worker_id: str) -> str:
     return f"ack/{link}/{topic}/{worker_id}"
 
 
-def format_partition_ranges(partitions) -> str:
+def format_partition_ranges(partitions: Iterable[int]) -> str:
     """[0, 1, 2, 5, 7, 8] -> "0-2,5,7-8": how a heartbeat names the partitions it serves
     (10,000 partition names every 2 s would make the state topic grow fast)."""
     out: list[str] = []
@@ -150,7 +187,10 @@ def decode(raw: bytes | None) -> Any:
 @dataclass
 class StateSnapshot:
     """Everything the store holds for one link, as of `end_offset` (the high watermark the
-    read went up to; `follow(snapshot.end_offset)` continues without a gap)."""
+    read went up to; `follow(snapshot.end_offset)` continues without a gap).
+
+    `progress` maps (topic, partition) to that partition's dict whichever key format it
+    came in: a per-mirror record replaces every partition of its mirror."""
 
     link: str
     mirrors: dict[str, MirrorRecord] = field(default_factory=dict)
@@ -158,6 +198,11 @@ class StateSnapshot:
     progress: dict[tuple[str, int], dict] = field(default_factory=dict)
     acks: dict[tuple[str, str], dict] = field(default_factory=dict)
     end_offset: int = 0
+    # bookkeeping of the two progress formats: the partitions of each mirror in `progress`,
+    # those whose value came from a per-partition key, and the per-partition keys alive
+    _progress_parts: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
+    _from_legacy: set[tuple[str, int]] = field(default_factory=set, repr=False, compare=False)
+    legacy_progress: set[tuple[str, int]] = field(default_factory=set, repr=False, compare=False)
 
     def apply(self, key: str, value: Any) -> bool:
         """Fold one record in (value None deletes). Records of other links and keys this
@@ -173,18 +218,73 @@ class StateSnapshot:
             elif kind == "worker":
                 _put(self.workers, rest, value)
             elif kind == "progress":
-                topic, _, partition = rest.rpartition("/")
-                _put(self.progress, (topic, int(partition)), value)
+                # topic names cannot hold '/': "<topic>" is per mirror, "<topic>/<p>" older
+                topic, per_partition, partition = rest.partition("/")
+                if per_partition:
+                    self._apply_partition_progress(topic, int(partition), value)
+                else:
+                    self._apply_mirror_progress(topic, value)
             elif kind == "ack":
                 # topic names cannot hold '/', worker ids might
                 topic, _, worker_id = rest.partition("/")
                 _put(self.acks, (topic, worker_id), value)
             else:
                 return False
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
             log.warning("skipping malformed state record %r: %s", key, exc)
             return False
         return True
+
+    def _apply_partition_progress(self, topic: str, partition: int, value: Any) -> None:
+        k = (topic, partition)
+        if value is None:
+            self.legacy_progress.discard(k)
+            if k in self._from_legacy:  # a per-mirror record written since is newer: kept
+                self._from_legacy.discard(k)
+                self.progress.pop(k, None)
+                self._progress_parts.get(topic, set()).discard(partition)
+            return
+        if not isinstance(value, dict):
+            raise TypeError("progress is not an object")
+        self.legacy_progress.add(k)
+        self._from_legacy.add(k)
+        self.progress[k] = value
+        self._progress_parts.setdefault(topic, set()).add(partition)
+
+    def _apply_mirror_progress(self, topic: str, value: Any) -> None:
+        new: dict[int, dict] = {}
+        if value is not None:
+            parts = value["partitions"]
+            if not isinstance(parts, dict):
+                raise TypeError("partitions is not an object")
+            updated = value.get("updated_at")
+            for p, v in parts.items():
+                if not isinstance(v, dict):
+                    raise TypeError(f"progress of partition {p!r} is not an object")
+                new[int(p)] = v if updated is None or "updated_at" in v else {**v, "updated_at": updated}
+        for p in self._progress_parts.pop(topic, ()):
+            self.progress.pop((topic, p), None)
+            self._from_legacy.discard((topic, p))
+        for p, v in new.items():
+            self.progress[(topic, p)] = v
+        if new:
+            self._progress_parts[topic] = set(new)
+
+    def copy(self) -> "StateSnapshot":
+        """A copy whose containers and mirror records the caller may change (the dicts
+        inside a record or a progress value are still shared: replace them, do not edit)."""
+        out = StateSnapshot(self.link, {t: copy.copy(r) for t, r in self.mirrors.items()},
+                            {w: _copy1(v) for w, v in self.workers.items()},
+                            {k: _copy1(v) for k, v in self.progress.items()},
+                            {k: _copy1(v) for k, v in self.acks.items()}, self.end_offset)
+        out._progress_parts = {t: set(ps) for t, ps in self._progress_parts.items()}
+        out._from_legacy = set(self._from_legacy)
+        out.legacy_progress = set(self.legacy_progress)
+        return out
+
+
+def _copy1(v):
+    return dict(v) if isinstance(v, dict) else v
 
 
 def _put(d: dict, k, v) -> None:
@@ -198,7 +298,8 @@ def _put(d: dict, k, v) -> None:
 
 class StateStore:
     """The state of one link's mirrors on its destination cluster. Builds its clients
-    lazily: the constructor opens no connection."""
+    lazily: the constructor opens no connection. Keeps the last snapshot it read (see the
+    module docstring); `records_read` and `full_reads` count what its reads cost."""
 
     def __init__(self, destination_config: dict, link_name: str, timeout: float = 15.0):
         self.config = dict(destination_config)
@@ -206,7 +307,13 @@ class StateStore:
         self.timeout = timeout
         self.label = f"destination cluster {self.config.get('bootstrap.servers', '?')}"
         self._producer = None
+        self._reader = None
         self._topic_ready = False
+        self._cache: StateSnapshot | None = None
+        self._cache_read_at = 0.0
+        self._legacy_tombstoned: set[tuple[str, int]] = set()
+        self.records_read = 0   # state records this store consumed, all reads together
+        self.full_reads = 0     # reads that started at the log start
 
     # ---- clients
     def _client_conf(self) -> dict:
@@ -237,83 +344,135 @@ class StateStore:
                      "auto.offset.reset": "earliest", "allow.auto.create.topics": False})
         return Consumer(conf)
 
+    def _reader_(self):
+        if self._reader is None:
+            self._reader = self._consumer()
+        return self._reader
+
     # ---- topic
     def ensure_topic(self) -> None:
-        """Create the compacted state topic if it does not exist yet."""
+        """Create the compacted state topic if it does not exist yet, or bring an existing
+        one's settings to STATE_TOPIC_CONFIGS (incrementally; a refusal, e.g. no
+        AlterConfigs permission, is logged and the store works on)."""
         if self._topic_ready:
             return
-        from kafka_mirrors.errors import ConflictError
         from kafka_mirrors.kafka import topics
         admin = self._admin()
         if not topics.topic_exists(admin, STATE_TOPIC):
             try:
-                topics.create_topic(admin, STATE_TOPIC, 1, -1, {"cleanup.policy": "compact"})
+                topics.create_topic(admin, STATE_TOPIC, 1, -1, STATE_TOPIC_CONFIGS)
+                self._topic_ready = True
+                return
             except ConflictError:
                 pass  # another host created it a moment ago
+        try:
+            entries = topics.describe_topic_configs(admin, STATE_TOPIC)
+            differ = {k: v for k, v in STATE_TOPIC_CONFIGS.items()
+                      if k not in entries or str(entries[k].value) != v}
+            if differ:
+                topics.alter_topic_configs(admin, STATE_TOPIC, differ)
+                log.info("state topic %s on %s: set %s", STATE_TOPIC, self.label,
+                         ", ".join(f"{k}={v}" for k, v in sorted(differ.items())))
+        except KafkaMirrorsError as exc:
+            log.warning("state topic %s on %s keeps its settings (%s): compaction may lag behind "
+                        "and full reads grow; set %s on it", STATE_TOPIC, self.label, exc,
+                        ", ".join(f"{k}={v}" for k, v in STATE_TOPIC_CONFIGS.items()))
         self._topic_ready = True
 
     # ---- reads
     def _read(self, consumer, start: int | None, end: int, into: StateSnapshot) -> None:
         from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
         consumer.assign([TopicPartition(STATE_TOPIC, 0, OFFSET_BEGINNING if start is None else start)])
-        deadline = time.monotonic() + self.timeout
-        position = start or 0
-        while position < end:
-            if time.monotonic() > deadline:
-                raise KafkaUnavailableError(
-                    f"{self.label} did not deliver the state topic up to offset {end} "
-                    f"within {self.timeout:g} s", "check that the destination cluster is up")
-            for msg in consumer.consume(500, 0.2):
-                if msg.error():
-                    if msg.error().code() == -191:  # _PARTITION_EOF
-                        continue
-                    raise KafkaOperationError(f"reading {STATE_TOPIC} on {self.label} failed: {msg.error().str()}")
-                if msg.key() is not None:
-                    into.apply(msg.key().decode(), _decode_or_skip(msg))
-                position = msg.offset() + 1
-            if position < end:
-                # compaction can leave the tail offsets without records: ask where we are
-                try:
-                    pos = consumer.position([TopicPartition(STATE_TOPIC, 0)])[0].offset
-                except KafkaException:
-                    pos = -1
-                position = max(position, pos)
-
-    def snapshot(self) -> StateSnapshot:
-        """Everything stored for this link. An absent state topic reads as empty (and is
-        not created: reading must not change a cluster)."""
-        from confluent_kafka import KafkaException, TopicPartition
-        snap = StateSnapshot(self.link)
-        consumer = self._consumer()
         try:
-            try:
-                md = consumer.list_topics(STATE_TOPIC, timeout=self.timeout)
-            except KafkaException as exc:
-                raise KafkaUnavailableError(f"{self.label} is unreachable (reading the mirror states): "
-                                            f"{exc.args[0].str() if exc.args else exc}",
-                                            "check the bootstrap servers and that the cluster is up") from None
-            t = md.topics.get(STATE_TOPIC)
-            if t is None or t.error is not None:
-                return snap
-            try:
-                low, high = consumer.get_watermark_offsets(TopicPartition(STATE_TOPIC, 0), timeout=self.timeout)
-            except KafkaException as exc:
-                raise KafkaUnavailableError(f"{self.label} is unreachable (reading the mirror states): "
-                                            f"{exc.args[0].str() if exc.args else exc}",
-                                            "check the bootstrap servers and that the cluster is up") from None
-            snap.end_offset = high
-            if high > low:
-                self._read(consumer, None, high, snap)
-            return snap
+            deadline = time.monotonic() + self.timeout
+            position = start or 0
+            while position < end:
+                if time.monotonic() > deadline:
+                    raise KafkaUnavailableError(
+                        f"{self.label} did not deliver the state topic up to offset {end} "
+                        f"within {self.timeout:g} s", "check that the destination cluster is up")
+                # no more than is due: consume() waits its whole timeout for a batch to fill
+                for msg in consumer.consume(max(1, min(500, end - position)), 0.2):
+                    if msg.error():
+                        if msg.error().code() == -191:  # _PARTITION_EOF
+                            continue
+                        raise KafkaOperationError(
+                            f"reading {STATE_TOPIC} on {self.label} failed: {msg.error().str()}")
+                    if msg.offset() < position or msg.offset() >= end:
+                        continue  # left over from an earlier assignment, or past this read
+                    self.records_read += 1
+                    if msg.key() is not None:
+                        into.apply(msg.key().decode(), _decode_or_skip(msg))
+                    position = msg.offset() + 1
+                if position < end:
+                    # compaction can leave the tail offsets without records: ask where we are
+                    try:
+                        pos = consumer.position([TopicPartition(STATE_TOPIC, 0)])[0].offset
+                    except KafkaException:
+                        pos = -1
+                    position = max(position, pos)
         finally:
-            consumer.close()
+            try:
+                consumer.unassign()  # no fetching in the background between reads
+            except Exception:  # noqa: BLE001 - the consumer may be unusable after an error
+                pass
+
+    def _unreachable(self, exc) -> KafkaUnavailableError:
+        return KafkaUnavailableError(f"{self.label} is unreachable (reading the mirror states): "
+                                     f"{exc.args[0].str() if exc.args else exc}",
+                                     "check the bootstrap servers and that the cluster is up")
+
+    def _refresh(self) -> StateSnapshot:
+        """The cached snapshot brought up to the current high watermark (read in full
+        when it cannot be trusted). An absent state topic reads as empty and is not
+        created: reading must not change a cluster."""
+        from confluent_kafka import KafkaException, TopicPartition
+        consumer = self._reader_()
+        try:
+            md = consumer.list_topics(STATE_TOPIC, timeout=self.timeout)
+        except KafkaException as exc:
+            raise self._unreachable(exc) from None
+        t = md.topics.get(STATE_TOPIC)
+        if t is None or t.error is not None:
+            self._cache = None
+            return StateSnapshot(self.link)
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(STATE_TOPIC, 0), timeout=self.timeout)
+        except KafkaException as exc:
+            raise self._unreachable(exc) from None
+        snap, start = self._cache, None
+        if snap is not None and low <= snap.end_offset <= high and \
+                time.monotonic() - self._cache_read_at <= FULL_READ_AFTER_IDLE_S:
+            start = snap.end_offset
+        else:
+            # log start past what we read (retention or DeleteRecords took records we never
+            # saw), a shorter log (the topic re-created) or a cache too old: from the start
+            snap = StateSnapshot(self.link)
+            self.full_reads += 1
+        self._cache = None  # a read that fails half way leaves no half-folded cache
+        if high > (low if start is None else start):
+            self._read(consumer, start, high, snap)
+        snap.end_offset = high
+        self._cache, self._cache_read_at = snap, time.monotonic()
+        return snap
+
+    def snapshot(self, copy: bool = True) -> StateSnapshot:
+        """Everything stored for this link, as of now: one incremental read. The result
+        is the caller's to change; with copy=False it is the store's own cached snapshot,
+        which the next read of this store updates in place: read it, never change it."""
+        snap = self._refresh()
+        return snap.copy() if copy else snap
 
     def get_mirror(self, topic: str) -> MirrorRecord:
-        snap = self.snapshot()
-        if topic not in snap.mirrors:
-            raise NotFoundError(f"mirror '{topic}' of link '{self.link}' not found",
-                                f"run 'kafka-mirrors mirror list --link {self.link}'")
-        return snap.mirrors[topic]
+        """The newest record of one mirror (a copy: the caller may change its fields)."""
+        rec = self._refresh().mirrors.get(topic)
+        if rec is None:
+            raise self._not_found(topic)
+        return copy.copy(rec)
+
+    def _not_found(self, topic: str) -> NotFoundError:
+        return NotFoundError(f"mirror '{topic}' of link '{self.link}' not found",
+                             f"run 'kafka-mirrors mirror list --link {self.link}'")
 
     # ---- writes
     def _put(self, key: str, value: Any) -> None:
@@ -332,8 +491,13 @@ class StateStore:
                 errors.append(err.str())
 
         for key, value in items:
-            producer.produce(STATE_TOPIC, key=key.encode(), value=encode(value), partition=0,
-                             on_delivery=delivered)
+            while True:
+                try:
+                    producer.produce(STATE_TOPIC, key=key.encode(), value=encode(value), partition=0,
+                                     on_delivery=delivered)
+                    break
+                except BufferError:  # a very large batch: let the queue drain
+                    producer.poll(0.1)
         left = producer.flush(self.timeout)
         what = items[0][0] + (f" (and {len(items) - 1} more)" if len(items) > 1 else "")
         if left:
@@ -350,29 +514,70 @@ class StateStore:
         self._put(mirror_key(self.link, rec.topic), rec.to_json())
 
     def delete_mirror(self, topic: str) -> None:
-        """Tombstone the mirror and its progress and acks (for `link delete` and the like)."""
-        snap = self.snapshot()
-        self._put_many([(progress_key(self.link, t, p), None) for (t, p) in sorted(snap.progress) if t == topic]
+        """Tombstone the mirror and its progress (both key formats) and acks (for `link
+        delete` and the like)."""
+        snap = self._refresh()
+        legacy = {k for k in snap.legacy_progress if k[0] == topic} | {k for k in snap.progress if k[0] == topic}
+        self._put_many([(progress_key(self.link, t, p), None) for (t, p) in sorted(legacy)]
+                       + [(mirror_progress_key(self.link, topic), None)]
                        + [(ack_key(self.link, t, w), None) for (t, w) in sorted(snap.acks) if t == topic]
                        + [(mirror_key(self.link, topic), None)])
 
-    def set_state(self, topic: str, state: str, reason: str | None = None, **fields) -> MirrorRecord:
-        """Read-modify-write of one mirror record. Not atomic across hosts: the last
-        writer wins, which is what compaction keeps anyway."""
+    def set_state(self, topic: str, state: str, reason: str | None = None, *,
+                  current: MirrorRecord | None = None, **fields) -> MirrorRecord:
+        """Write one mirror's new state (and `fields` of its record) over its newest record.
+        With `current` (the record the caller read and decided on), ConflictError when the
+        store's newest view of that mirror is in another state by now. Without it the last
+        writer wins, which is what compaction keeps anyway. Costs one incremental read."""
+        out = self.set_state_many([current if current is not None else topic], state, reason, **fields)
+        result = out[topic]
+        if isinstance(result, KafkaMirrorsError):
+            raise result
+        return result
+
+    def set_state_many(self, mirrors: Iterable[MirrorRecord | str], state: str, reason: str | None = None,
+                       **fields) -> dict[str, MirrorRecord | KafkaMirrorsError]:
+        """set_state for several mirrors in one incremental read and one flush. Each item
+        is a topic (last writer wins) or the MirrorRecord the caller read (compared with the
+        newest view: a mirror whose state changed meanwhile is not written). Returns
+        {topic: the record written, or the NotFoundError/ConflictError that kept it}."""
         if state not in STATES:
             raise ValueError(f"unknown mirror state {state!r}")
-        rec = self.get_mirror(topic)
-        rec.state = state
-        rec.reason = reason
-        if state != FAILED:
-            rec.failed = None
         known = {f.name for f in dc_fields(MirrorRecord)}
-        for k, v in fields.items():
+        for k in fields:
             if k not in known:
                 raise TypeError(f"MirrorRecord has no field {k!r}")
-            setattr(rec, k, v)
-        self.put_mirror(rec)
-        return rec
+        items = list(mirrors)
+        newest = self._refresh().mirrors
+        out: dict[str, MirrorRecord | KafkaMirrorsError] = {}
+        writes = []
+        now = time.time()
+        for item in items:
+            topic = item if isinstance(item, str) else item.topic
+            found = newest.get(topic)
+            if found is None:
+                out[topic] = self._not_found(topic)
+                continue
+            if not isinstance(item, str) and found.state != item.state:
+                out[topic] = ConflictError(
+                    f"mirror '{topic}' of link '{self.link}' is {found.state} now"
+                    + (f" ({found.reason})" if found.reason else "")
+                    + f", not {item.state} as read: it changed meanwhile; not set to {state}",
+                    f"run 'kafka-mirrors mirror describe {topic} --link {self.link}' and decide again")
+                continue
+            rec = copy.copy(found)
+            rec.state, rec.reason = state, reason
+            if state != FAILED:
+                rec.failed = None
+            for k, v in fields.items():
+                setattr(rec, k, v)
+            if not rec.created_at:
+                rec.created_at = now
+            rec.updated_at = now
+            out[topic] = rec
+            writes.append((mirror_key(self.link, topic), rec.to_json()))
+        self._put_many(writes)
+        return out
 
     def heartbeat(self, worker_id: str, info: dict) -> None:
         value = dict(info)
@@ -383,16 +588,30 @@ class StateStore:
     def remove_worker(self, worker_id: str) -> None:
         self._put(worker_key(self.link, worker_id), None)
 
-    def put_progress(self, topic: str, partition: int, progress: dict) -> None:
-        value = dict(progress)
-        value.setdefault("updated_at", time.time())
-        self._put(progress_key(self.link, topic, partition), value)
-
     def put_progress_many(self, progress: dict[tuple[str, int], dict]) -> None:
-        """Several partitions' progress in one flush (a worker's periodic report)."""
+        """A worker's progress report in one flush: one record per mirror
+        (`progress/<link>/<topic>`), which replaces that mirror's earlier one, so pass
+        every partition of each mirror reported. Per-partition keys of older workers
+        that the store's last read saw for these mirrors are tombstoned once, first."""
         now = time.time()
-        self._put_many([(progress_key(self.link, t, p), {"updated_at": now} | dict(v))
-                        for (t, p), v in sorted(progress.items())])
+        by_topic: dict[str, dict[int, dict]] = {}
+        for (t, p), v in progress.items():
+            by_topic.setdefault(t, {})[int(p)] = v
+        items: list[tuple[str, Any]] = []
+        if self._cache is not None:
+            stale = sorted(k for k in self._cache.legacy_progress
+                           if k[0] in by_topic and k not in self._legacy_tombstoned)
+            items += [(progress_key(self.link, t, p), None) for t, p in stale]
+            self._legacy_tombstoned.update(stale)
+        for t, parts in sorted(by_topic.items()):
+            stamps = [v.get("updated_at") for v in parts.values() if isinstance(v.get("updated_at"), (int, float))]
+            updated = max(stamps, default=now)
+            # a partition stamped like the record needs no stamp of its own (readers fill it in)
+            value = {"partitions": {str(p): {k: x for k, x in v.items() if not (k == "updated_at" and x == updated)}
+                                    for p, v in sorted(parts.items())},
+                     "updated_at": updated}
+            items.append((mirror_progress_key(self.link, t), value))
+        self._put_many(items)
 
     def ack(self, topic: str, worker_id: str, state: str) -> None:
         self._put(ack_key(self.link, topic, worker_id), {"state": state, "at": time.time()})
@@ -408,9 +627,16 @@ class StateStore:
         return StateFollower(self, start_offset)
 
     def close(self) -> None:
+        """Close the clients (the cached snapshot stays: a later read continues from it)."""
         if self._producer is not None:
             self._producer.flush(self.timeout)
             self._producer = None
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            try:
+                reader.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the caller's error
+                log.debug("closing the state reader failed", exc_info=True)
 
 
 def _decode_or_skip(msg) -> Any:
