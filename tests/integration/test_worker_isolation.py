@@ -333,8 +333,9 @@ def test_deleted_destination_topic_fails_that_mirror_alone(mirroring, cli, sourc
         try:
             mt.wait_until(x_failed, 45, f"mirror {x} to turn FAILED", interval=0.5)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; state {mirroring.state(x)}; worker log tail:\n"
-                                 f"{_log(mirroring, worker)[-4000:]}") from None
+            d = cli("mirror", "describe", x, "--link", mirroring.name)
+            raise AssertionError(f"{exc}; state {mirroring.state(x)}; `mirror describe` says:\n{d.stdout}"
+                                 f"{d.stderr}\nworker log tail:\n{_log(mirroring, worker)[-4000:]}") from None
         rec = mirroring.state(x)
         assert rec.reason and rec.reason.strip(), rec
 
