@@ -9,6 +9,11 @@ stopped at. A worker that does not acknowledge within the bound is named in the 
 
 Services return plain rows (dicts) and never print; the CLI renders them. The pure parts
 (which workers are live, who still owes an ack, the per-partition RPO) are unit tested.
+
+State reads stay cheap however long workers have run: one snapshot per command, then the
+store's incremental reads (state.py); every write is conditional on the record the command
+read (set_state(..., current=rec)): a mirror whose state changed meanwhile is an error row,
+never overwritten. The PENDING_STOPPED records of a command go out in one flush.
 """
 from __future__ import annotations
 
@@ -18,7 +23,16 @@ from typing import Callable, Iterable
 from kafka_mirrors.errors import KafkaMirrorsError, UsageError
 from kafka_mirrors.mirrors import _worker_partitions, resolve_mirror_name
 from kafka_mirrors.readonly import AclStepError
-from kafka_mirrors.state import ACTIVE, FAILED, PAUSED, PENDING_STOPPED, STOPPED, StateSnapshot, StateStore
+from kafka_mirrors.state import (
+    ACTIVE,
+    FAILED,
+    PAUSED,
+    PENDING_STOPPED,
+    STOPPED,
+    MirrorRecord,
+    StateSnapshot,
+    StateStore,
+)
 
 # A worker whose heartbeat (every 2 s) is older than this is presumed dead: nobody waits
 # for its acknowledgement.
@@ -35,13 +49,19 @@ POLL_S = 0.3
 
 def live_workers_for(snap: StateSnapshot, topic: str, now: float, alive_s: float = WORKER_ALIVE_S) -> list[str]:
     """Workers with a fresh heartbeat that list a partition of `topic`: those must ack."""
-    out = []
+    return live_workers_by_topic(snap, [topic], now, alive_s)[topic]
+
+
+def live_workers_by_topic(snap: StateSnapshot, topics: Iterable[str], now: float,
+                          alive_s: float = WORKER_ALIVE_S) -> dict[str, list[str]]:
+    """live_workers_for of many topics, reading each heartbeat once (1,000 mirrors of a
+    --all would otherwise parse every heartbeat 1,000 times)."""
+    served: dict[str, set[str]] = {}
     for wid, w in snap.workers.items():
         if now - float(w.get("heartbeat_at") or 0) > alive_s:
             continue
-        if any(t == topic for t, _ in _worker_partitions(w)):
-            out.append(wid)
-    return sorted(out)
+        served[wid] = {t for t, _ in _worker_partitions(w)}
+    return {t: sorted(wid for wid, ts in served.items() if t in ts) for t in topics}
 
 
 def missing_acks(snap: StateSnapshot, topic: str, workers: Iterable[str], since: float) -> list[str]:
@@ -125,12 +145,16 @@ def _transition(link, names, all_, allowed, to_state, verb) -> list[dict]:
     try:
         snap = store.snapshot()
         chosen, rows = select(snap, link, names, all_, allowed, verb)
+        try:
+            written = store.set_state_many([snap.mirrors[t] for t in chosen], to_state, reason=verb)
+        except KafkaMirrorsError as exc:
+            written = {t: exc for t in chosen}
         for topic in chosen:
-            try:
-                rec = store.set_state(topic, to_state, reason=verb)
+            rec = written[topic]
+            if isinstance(rec, KafkaMirrorsError):
+                rows.append({"topic": topic, "ok": False, "error": str(rec)})
+            else:
                 rows.append({"topic": topic, "ok": True, "state": rec.state, "error": None})
-            except KafkaMirrorsError as exc:
-                rows.append({"topic": topic, "ok": False, "error": str(exc)})
         return sorted(rows, key=lambda r: r["topic"])
     finally:
         store.close()
@@ -148,28 +172,37 @@ def resume(link, names: list[str], all_: bool = False) -> list[dict]:
 
 # ---------------------------------------------------------------- fencing
 
-def _fence(store: StateStore, topics: list[str], reason: str, ack_wait: float,
-           clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> dict[str, dict]:
-    """PENDING_STOPPED for every topic, then wait (bounded) until each live worker copying
-    it acknowledged. Returns {topic: {"workers": [...], "not_acked": [...]}}."""
-    before = store.snapshot()
+def _fence(store: StateStore, records: list[MirrorRecord], reason: str, ack_wait: float,
+           clock: Callable[[], float] = time.time,
+           sleep: Callable[[float], None] = time.sleep) -> tuple[dict[str, dict], dict[str, KafkaMirrorsError]]:
+    """PENDING_STOPPED for every mirror in `records` (as the caller read them) in one
+    flush, then wait (bounded) until each live worker copying it acknowledged. Returns
+    ({topic: {"workers": [...], "not_acked": [...], "record": the PENDING_STOPPED record}},
+    {topic: why it was not fenced}: gone, or its state changed since the caller read it)."""
+    before = store.snapshot(copy=False)
     now = clock()
-    owed = {t: live_workers_for(before, t, now) for t in topics}
-    since = {}
-    for t in topics:
-        rec = store.set_state(t, PENDING_STOPPED, reason=reason)
-        since[t] = rec.updated_at
-    pending = {t: list(w) for t, w in owed.items()}
+    owed = live_workers_by_topic(before, [r.topic for r in records], now)
+    try:
+        written = store.set_state_many(records, PENDING_STOPPED, reason=reason)
+    except KafkaMirrorsError as exc:
+        return {}, {r.topic: exc for r in records}
+    errors = {t: r for t, r in written.items() if isinstance(r, KafkaMirrorsError)}
+    done = {t: r for t, r in written.items() if not isinstance(r, KafkaMirrorsError)}
+    pending = {t: list(owed[t]) for t in done}
     deadline = clock() + ack_wait
     while any(pending.values()) and clock() < deadline:
         sleep(POLL_S)
-        snap = store.snapshot()
-        pending = {t: missing_acks(snap, t, w, since[t]) for t, w in pending.items()}
-    return {t: {"workers": owed[t], "not_acked": pending[t]} for t in topics}
+        snap = store.snapshot(copy=False)
+        pending = {t: missing_acks(snap, t, w, done[t].updated_at) if w else [] for t, w in pending.items()}
+    return {t: {"workers": owed[t], "not_acked": pending[t], "record": done[t]} for t in done}, errors
+
+
+def _unfenced_row(topic: str, exc: KafkaMirrorsError, verb: str) -> dict:
+    return {"topic": topic, "ok": False, "state": None, "error": f"mirror '{topic}' not {verb}: {exc}"}
 
 
 def _lift_and_fence(link, store: StateStore, admin, topic: str, recorded_json: list | None,
-                    verb: str) -> tuple[list | None, dict | None]:
+                    verb: str, current: MirrorRecord | None = None) -> tuple[list | None, dict | None]:
     """Where the destination has an authorizer: lift the read-only ACLs recorded for the
     mirror (others may write now) and deny the link's principal WRITE (fencing). Returns
     (bindings to record, the row's "acls" view, None when no ACLs are managed). On a
@@ -180,7 +213,7 @@ def _lift_and_fence(link, store: StateStore, admin, topic: str, recorded_json: l
     try:
         kept, changes = read_only.release_and_fence(topic, recorded)
     except AclStepError as exc:
-        store.set_state(topic, PENDING_STOPPED, reason=verb, acls=to_json(exc.recorded))
+        store.set_state(topic, PENDING_STOPPED, reason=verb, acls=to_json(exc.recorded), current=current)
         raise AclStepError(f"mirror '{topic}' left PENDING_STOPPED: {exc.message}" +
                            (f" ({exc.hint})" if exc.hint else ""),
                            f"run 'kafka-mirrors failover {topic} --link {link.name}' to finish",
@@ -207,10 +240,13 @@ def failover(link, names: list[str], all_: bool = False, ack_wait: float = FAILO
         chosen, rows = select(snap, link, names, all_, (ACTIVE, PAUSED, PENDING_STOPPED, FAILED), "failover")
         if not chosen:
             return rows
-        fenced = _fence(store, chosen, "failover", ack_wait)
-        after = store.snapshot()
+        fenced, unfenced = _fence(store, [snap.mirrors[t] for t in chosen], "failover", ack_wait)
+        rows += [_unfenced_row(t, exc, "failed over") for t, exc in unfenced.items()]
+        after = store.snapshot(copy=False)
         admin = _dst_admin(link)
-        for topic in chosen:
+        stops: dict[str, dict] = {}  # written together at the end: one flush, not one per mirror
+        for topic in sorted(fenced):
+            pending = fenced[topic]["record"]
             try:
                 ends = _destination_ends(admin, topic)
                 parts = {}
@@ -220,14 +256,32 @@ def failover(link, names: list[str], all_: bool = False, ack_wait: float = FAILO
                                      "records_possibly_lost": partition_rpo(leo, src)}
                 stopped = {"reason": "failed over", "at": time.time(), "partitions": parts,
                            "workers_not_acked": fenced[topic]["not_acked"]}
-                acls, acl_view = _lift_and_fence(link, store, admin, topic, after.mirrors[topic].acls, "failover")
-                store.set_state(topic, STOPPED, reason="failed over", stopped=stopped, acls=acls)
-                rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view})
+                acls, acl_view = _lift_and_fence(link, store, admin, topic, pending.acls, "failover", pending)
+                if acl_view is not None:
+                    # ACLs changed: recorded at once, so a crash cannot lose what was changed
+                    store.set_state(topic, STOPPED, reason="failed over", stopped=stopped, acls=acls,
+                                    current=pending)
+                    rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view})
+                else:
+                    stops[topic] = {"stopped": stopped, "acls": acls}
             except AclStepError as exc:
                 rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc),
                              "acls": exc.changes.view()})
             except KafkaMirrorsError as exc:
                 rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED, "error": str(exc)})
+        if stops:
+            try:
+                written = store.set_state_many([fenced[t]["record"] for t in stops], STOPPED,
+                                               reason="failed over", per_mirror=stops)
+            except KafkaMirrorsError as exc:
+                written = {t: exc for t in stops}
+            for topic, rec in written.items():
+                if isinstance(rec, KafkaMirrorsError):
+                    rows.append({"topic": topic, "ok": False, "state": PENDING_STOPPED,
+                                 "error": f"mirror '{topic}' left PENDING_STOPPED: {rec}; "
+                                          f"run 'kafka-mirrors failover {topic} --link {link.name}' to finish"})
+                else:
+                    rows.append(_stopped_row(topic, stops[topic]["stopped"], fenced[topic]) | {"acls": None})
         return sorted(rows, key=lambda r: r["topic"])
     finally:
         store.close()
@@ -266,10 +320,11 @@ def _final_offset_sync(link, src_admin, dst_admin, topic: str, source_topic: str
     return summary.to_json()
 
 
-def _offset_sync_failed(link, store: StateStore, topic: str, state: str, exc: KafkaMirrorsError) -> dict:
+def _offset_sync_failed(link, store: StateStore, topic: str, state: str, exc: KafkaMirrorsError,
+                        pending: MirrorRecord | None = None) -> dict:
     """The mirror goes back to the state it had: nothing was promoted."""
     try:
-        store.set_state(topic, state, reason="promote failed: consumer offsets not copied")
+        store.set_state(topic, state, reason="promote failed: consumer offsets not copied", current=pending)
     except KafkaMirrorsError as again:
         return {"topic": topic, "ok": False, "state": PENDING_STOPPED,
                 "error": f"mirror '{topic}' not promoted: {exc}; and it was left PENDING_STOPPED: {again}; "
@@ -318,7 +373,7 @@ def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
             state = snap.mirrors[topic].state
             if state == PAUSED:
                 hint = f"run 'kafka-mirrors mirror resume {topic} --link {link.name}' and a worker first"
-            elif not live_workers_for(store.snapshot(), topic, now):
+            elif not live_workers_for(store.snapshot(copy=False), topic, now):
                 hint = f"no worker is copying it; run 'kafka-mirrors run --link {link.name}', then promote again"
             else:
                 hint = "wait for the producers on the source to stop, or pass a longer --timeout"
@@ -326,13 +381,15 @@ def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
                          "error": f"mirror '{topic}' not promoted: still {lag} record(s) behind the source's "
                                   f"last stable offset after {timeout:g} s; state unchanged ({state}); {hint}"})
         if ready:
-            fenced = _fence(store, sorted(ready), "promote", ack_wait)
-            for topic in sorted(ready):
+            fenced, unfenced = _fence(store, [snap.mirrors[t] for t in sorted(ready)], "promote", ack_wait)
+            rows += [_unfenced_row(t, exc, "promoted") for t, exc in unfenced.items()]
+            for topic in sorted(fenced):
+                pending = fenced[topic]["record"]
                 # the workers are fenced and lag is 0: copy consumer offsets one last time
                 try:
                     synced = _final_offset_sync(link, src_admin, dst_admin, topic, snap.mirrors[topic].source_topic)
                 except KafkaMirrorsError as exc:
-                    rows.append(_offset_sync_failed(link, store, topic, snap.mirrors[topic].state, exc))
+                    rows.append(_offset_sync_failed(link, store, topic, snap.mirrors[topic].state, exc, pending))
                     continue
                 try:
                     offs = _lags(src_admin, dst_admin, snap.mirrors[topic].source_topic, topic)
@@ -340,9 +397,8 @@ def promote(link, names: list[str], all_: bool = False, timeout: float = 60.0,
                                       "records_possibly_lost": max(0, s - d)} for p, (s, d) in offs.items()}
                     stopped = {"reason": "promoted", "at": time.time(), "partitions": parts,
                                "workers_not_acked": fenced[topic]["not_acked"]}
-                    acls, acl_view = _lift_and_fence(link, store, dst_admin, topic, store.get_mirror(topic).acls,
-                                                     "promote")
-                    store.set_state(topic, STOPPED, reason="promoted", stopped=stopped, acls=acls)
+                    acls, acl_view = _lift_and_fence(link, store, dst_admin, topic, pending.acls, "promote", pending)
+                    store.set_state(topic, STOPPED, reason="promoted", stopped=stopped, acls=acls, current=pending)
                     rows.append(_stopped_row(topic, stopped, fenced[topic]) | {"acls": acl_view,
                                                                                 "consumer_offsets": synced})
                 except AclStepError as exc:

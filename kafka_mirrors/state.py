@@ -536,15 +536,16 @@ class StateStore:
         return result
 
     def set_state_many(self, mirrors: Iterable[MirrorRecord | str], state: str, reason: str | None = None,
-                       **fields) -> dict[str, MirrorRecord | KafkaMirrorsError]:
+                       per_mirror: dict[str, dict] | None = None, **fields) -> dict[str, MirrorRecord | KafkaMirrorsError]:
         """set_state for several mirrors in one incremental read and one flush. Each item
         is a topic (last writer wins) or the MirrorRecord the caller read (compared with the
-        newest view: a mirror whose state changed meanwhile is not written). Returns
+        newest view: a mirror whose state changed meanwhile is not written). `per_mirror`
+        {topic: {field: value}} adds fields of one mirror's record over `fields`. Returns
         {topic: the record written, or the NotFoundError/ConflictError that kept it}."""
         if state not in STATES:
             raise ValueError(f"unknown mirror state {state!r}")
         known = {f.name for f in dc_fields(MirrorRecord)}
-        for k in fields:
+        for k in [*fields, *(k for extra in (per_mirror or {}).values() for k in extra)]:
             if k not in known:
                 raise TypeError(f"MirrorRecord has no field {k!r}")
         items = list(mirrors)
@@ -569,7 +570,7 @@ class StateStore:
             rec.state, rec.reason = state, reason
             if state != FAILED:
                 rec.failed = None
-            for k, v in fields.items():
+            for k, v in {**fields, **(per_mirror or {}).get(topic, {})}.items():
                 setattr(rec, k, v)
             if not rec.created_at:
                 rec.created_at = now

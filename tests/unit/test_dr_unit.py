@@ -1,6 +1,8 @@
 """DR logic without a broker: who must acknowledge a stop, the RPO arithmetic, mirror
 selection, the bounded fencing wait (with an in-memory state store), and the no-terminal
 refusal of promote and failover."""
+import dataclasses
+
 import pytest
 
 from kafka_mirrors import dr
@@ -25,21 +27,37 @@ def snap(**mirrors) -> StateSnapshot:
 
 
 class FakeStore:
-    """Snapshot/set_state in memory; `on_pending` lets a simulated worker react."""
+    """snapshot/set_state_many in memory, refusing like the real one; `on_pending` lets a
+    simulated worker react. `flushes` counts the writes (one per set_state_many)."""
 
     def __init__(self, s: StateSnapshot, clock):
-        self.s, self.clock, self.on_pending = s, clock, None
+        self.s, self.clock, self.on_pending, self.flushes = s, clock, None, 0
 
-    def snapshot(self):
+    def snapshot(self, copy=True):
         return self.s
 
-    def set_state(self, topic, state, reason=None, **fields):
-        rec = self.s.mirrors[topic]
-        rec.state, rec.reason, rec.updated_at = state, reason, self.clock()
-        for k, v in fields.items():
-            setattr(rec, k, v)
-        if state == PENDING_STOPPED and self.on_pending:
-            self.on_pending(topic)
+    def set_state_many(self, mirrors, state, reason=None, per_mirror=None, **fields):
+        from kafka_mirrors.errors import ConflictError
+        out = {}
+        self.flushes += 1
+        for item in mirrors:
+            topic = item if isinstance(item, str) else item.topic
+            rec = self.s.mirrors[topic]
+            if not isinstance(item, str) and item.state != rec.state:
+                out[topic] = ConflictError(f"mirror '{topic}' is {rec.state} now, not {item.state} as read")
+                continue
+            rec = dataclasses.replace(rec, state=state, reason=reason, updated_at=self.clock(),
+                                      **fields, **(per_mirror or {}).get(topic, {}))
+            self.s.mirrors[topic] = rec
+            out[topic] = rec
+            if state == PENDING_STOPPED and self.on_pending:
+                self.on_pending(topic)
+        return out
+
+    def set_state(self, topic, state, reason=None, *, current=None, **fields):
+        rec = self.set_state_many([current or topic], state, reason, **fields)[topic]
+        if isinstance(rec, Exception):
+            raise rec
         return rec
 
 
@@ -123,17 +141,23 @@ def _fenced_store(worker_acks: bool):
     return store, clock
 
 
+def _fence(store, clock, *topics):
+    fenced, errors = dr._fence(store, [store.s.mirrors[t] for t in topics or ["orders"]], "failover", 10.0,
+                               clock=clock, sleep=clock.sleep)
+    return {t: {k: v for k, v in f.items() if k != "record"} for t, f in fenced.items()}, errors
+
+
 def test_fence_returns_once_the_live_worker_acked():
     store, clock = _fenced_store(worker_acks=True)
-    out = dr._fence(store, ["orders"], "failover", 10.0, clock=clock, sleep=clock.sleep)
-    assert out == {"orders": {"workers": ["w1"], "not_acked": []}}
+    out, errors = _fence(store, clock)
+    assert out == {"orders": {"workers": ["w1"], "not_acked": []}} and errors == {}
     assert store.s.mirrors["orders"].state == PENDING_STOPPED
     assert clock.t - NOW < 1.0
 
 
 def test_fence_gives_up_after_the_bound_and_names_the_worker():
     store, clock = _fenced_store(worker_acks=False)
-    out = dr._fence(store, ["orders"], "failover", 10.0, clock=clock, sleep=clock.sleep)
+    out, _ = _fence(store, clock)
     assert out == {"orders": {"workers": ["w1"], "not_acked": ["w1"]}}
     assert 10.0 <= clock.t - NOW < 11.0
 
@@ -141,9 +165,30 @@ def test_fence_gives_up_after_the_bound_and_names_the_worker():
 def test_fence_does_not_wait_without_live_workers():
     store, clock = _fenced_store(worker_acks=False)
     store.s.workers["w1"]["heartbeat_at"] = NOW - 60
-    out = dr._fence(store, ["orders"], "failover", 10.0, clock=clock, sleep=clock.sleep)
+    out, _ = _fence(store, clock)
     assert out == {"orders": {"workers": [], "not_acked": []}}
     assert clock.t == NOW
+
+
+def test_fence_writes_every_pending_stop_in_one_flush_and_skips_a_mirror_changed_meanwhile():
+    clock = Clock()
+    s = snap(a=ACTIVE, b=ACTIVE, c=PAUSED)
+    store = FakeStore(s, clock)
+    read = [s.mirrors[t] for t in ("a", "b", "c")]
+    s.mirrors["b"] = dataclasses.replace(s.mirrors["b"], state=STOPPED)  # another host failed it over
+    fenced, errors = dr._fence(store, read, "failover", 10.0, clock=clock, sleep=clock.sleep)
+    assert store.flushes == 1
+    assert sorted(fenced) == ["a", "c"] and fenced["a"]["record"].state == PENDING_STOPPED
+    assert list(errors) == ["b"] and "is STOPPED now" in str(errors["b"])
+    assert s.mirrors["b"].state == STOPPED  # not overwritten
+
+
+def test_live_workers_by_topic_reads_new_heartbeats():
+    s = snap(a=ACTIVE, b=ACTIVE)
+    s.workers = {"w1": {"heartbeat_at": NOW - 1, "serving": {"a": "0-3"}},
+                 "w2": {"heartbeat_at": NOW - 1, "serving": {"a": "4", "b": "0"}},
+                 "w3": {"heartbeat_at": NOW - 60, "serving": {"b": "0"}}}
+    assert dr.live_workers_by_topic(s, ["a", "b", "c"], NOW) == {"a": ["w1", "w2"], "b": ["w2"], "c": []}
 
 
 # ---------------------------------------------------------------- CLI refusal

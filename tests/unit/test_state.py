@@ -262,3 +262,257 @@ def test_worker_partitions_read_new_and_old_heartbeats():
     assert worker_partitions({"serving": {"t": "0-1", "u": "4"}}) == {("t", 0), ("t", 1), ("u", 4)}
     assert worker_partitions({"partitions": ["my-topic-3", ["t", 1]]}) == {("my-topic", 3), ("t", 1)}
     assert worker_partitions({"serving": {"t": "x"}}) == set()  # malformed: skipped, logged
+
+
+# ---------------------------------------------------------------- progress: one record per mirror
+
+def test_per_mirror_progress_fills_each_partition_and_replaces_the_mirrors_earlier_progress():
+    from kafka_mirrors.state import mirror_progress_key
+    s = StateSnapshot("dr")
+    assert mirror_progress_key("dr", "orders") == "progress/dr/orders"
+    s.apply(progress_key("dr", "orders", 0), {"next_offset": 1, "updated_at": 5})   # an older worker
+    s.apply(progress_key("dr", "orders", 2), {"next_offset": 9, "updated_at": 5})
+    s.apply(progress_key("dr", "other", 0), {"next_offset": 3})
+    assert s.apply(mirror_progress_key("dr", "orders"),
+                   {"partitions": {"0": {"next_offset": 4}, "1": {"next_offset": 6, "updated_at": 7}},
+                    "updated_at": 8})
+    assert s.progress == {("orders", 0): {"next_offset": 4, "updated_at": 8},
+                          ("orders", 1): {"next_offset": 6, "updated_at": 7},
+                          ("other", 0): {"next_offset": 3}}
+    # the older key's tombstone does not take what the newer record said
+    s.apply(progress_key("dr", "orders", 0), None)
+    assert s.progress[("orders", 0)] == {"next_offset": 4, "updated_at": 8}
+    # an older worker writing after the new one: its partition wins, the others stay
+    s.apply(progress_key("dr", "orders", 1), {"next_offset": 10})
+    assert s.progress[("orders", 1)] == {"next_offset": 10} and ("orders", 0) in s.progress
+    s.apply(mirror_progress_key("dr", "orders"), None)
+    assert s.progress == {("other", 0): {"next_offset": 3}}
+
+
+def test_malformed_per_mirror_progress_is_skipped_and_changes_nothing():
+    from kafka_mirrors.state import mirror_progress_key
+    s = StateSnapshot("dr")
+    s.apply(mirror_progress_key("dr", "orders"), {"partitions": {"0": {"next_offset": 1}}})
+    for bad in ({"no": "partitions"}, {"partitions": ["0"]}, {"partitions": {"x": {}}},
+                {"partitions": {"0": 5}}, [1, 2]):
+        assert not s.apply(mirror_progress_key("dr", "orders"), bad)
+    assert s.progress == {("orders", 0): {"next_offset": 1}}
+
+
+def test_a_snapshot_copy_can_be_changed_without_touching_the_original():
+    s = StateSnapshot("dr")
+    s.apply(mirror_key("dr", "orders"), rec().to_json())
+    s.apply(progress_key("dr", "orders", 0), {"next_offset": 1})
+    c = s.copy()
+    c.mirrors["orders"].state = STOPPED
+    c.progress[("orders", 0)]["next_offset"] = 99
+    c.workers["w"] = {}
+    assert s.mirrors["orders"].state == "ACTIVE" and s.progress[("orders", 0)] == {"next_offset": 1}
+    assert s.workers == {} and c == c.copy()
+
+
+def test_partition_ranges_bad_input():
+    from kafka_mirrors.state import parse_partition_ranges, worker_partitions
+    for bad in ("1-", "0-2-4", "1,x", "5-3", "1.5"):
+        with pytest.raises(ValueError):
+            parse_partition_ranges(bad)
+    assert parse_partition_ranges(" 1 , 3-4 ,") == [1, 3, 4]
+    # a heartbeat with both forms: both are read
+    assert worker_partitions({"serving": {"t": "0"}, "partitions": ["u-1"]}) == {("t", 0), ("u", 1)}
+
+
+# ---------------------------------------------------------------- the store against a fake log
+
+class FakeMsg:
+    def __init__(self, offset, key, value):
+        self._o, self._k, self._v = offset, key, value
+
+    def error(self):
+        return None
+
+    def offset(self):
+        return self._o
+
+    def key(self):
+        return None if self._k is None else self._k.encode()
+
+    def value(self):
+        return encode(self._v)
+
+
+class FakeLog:
+    """The state topic's one partition, as a consumer sees it (offsets survive compaction)."""
+
+    def __init__(self):
+        self.records: list[tuple[int, str, object]] = []
+        self.next = 0
+        self.low = 0
+
+    def write(self, key, value):
+        self.records.append((self.next, key, value))
+        self.next += 1
+
+    def compact_until(self, offset):
+        """Drop superseded records below `offset` (what the cleaner does)."""
+        last = {k: o for o, k, _ in self.records}
+        self.records = [r for r in self.records if r[0] >= offset or last[r[1]] == r[0]]
+
+    def delete_until(self, offset):
+        self.records = [r for r in self.records if r[0] >= offset]
+        self.low = offset
+
+
+class FakeConsumer:
+    def __init__(self, log):
+        self.log, self.at = log, None
+
+    def list_topics(self, topic, timeout=None):
+        from types import SimpleNamespace
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None)})
+
+    def get_watermark_offsets(self, tp, timeout=None):
+        return self.log.low, self.log.next
+
+    def assign(self, tps):
+        self.at = tps[0].offset if tps[0].offset >= 0 else self.log.low
+
+    def unassign(self):
+        self.at = None
+
+    def consume(self, n, timeout):
+        out = [FakeMsg(*r) for r in self.log.records if r[0] >= self.at][:n]
+        if out:
+            self.at = out[-1].offset() + 1
+        return out
+
+    def position(self, tps):
+        from confluent_kafka import TopicPartition
+        return [TopicPartition(tps[0].topic, 0, self.log.next)]
+
+    def close(self):
+        pass
+
+
+def fake_store(log):
+    store = StateStore({"bootstrap.servers": "127.0.0.1:1"}, "dr", timeout=2)
+    store._reader = FakeConsumer(log)
+    store.written = []
+    store._topic_ready = True
+
+    def put_many(items):
+        store.written.append(items)
+        for k, v in items:
+            log.write(k, v)
+    store._put_many = put_many
+    return store
+
+
+def test_a_second_read_folds_only_the_new_records():
+    log = FakeLog()
+    for i in range(100):
+        log.write(mirror_key("dr", f"m{i % 10}"), rec(topic=f"m{i % 10}", updated_at=i).to_json())
+    store = fake_store(log)
+    first = store.snapshot()
+    assert len(first.mirrors) == 10 and first.end_offset == 100 and store.records_read == 100
+    log.write(mirror_key("dr", "m0"), rec(topic="m0", state="PAUSED").to_json())
+    second = store.snapshot()
+    assert store.records_read == 101 and store.full_reads == 1
+    assert second.mirrors["m0"].state == "PAUSED" and first.mirrors["m0"].state == "ACTIVE"
+    # compaction below what was read changes nothing for the cache
+    log.compact_until(101)
+    assert store.snapshot() == second and store.records_read == 101
+
+
+def test_changing_a_returned_snapshot_or_record_leaves_the_cache_alone():
+    log = FakeLog()
+    log.write(mirror_key("dr", "orders"), rec().to_json())
+    store = fake_store(log)
+    store.snapshot().mirrors["orders"].state = STOPPED
+    store.snapshot().mirrors.clear()
+    store.get_mirror("orders").state = STOPPED
+    assert store.snapshot().mirrors["orders"].state == "ACTIVE"
+
+
+def test_the_log_start_moving_past_the_cache_or_a_shorter_log_forces_a_full_read():
+    log = FakeLog()
+    log.write(mirror_key("dr", "a"), rec(topic="a").to_json())
+    log.write(mirror_key("dr", "b"), rec(topic="b").to_json())
+    store = fake_store(log)
+    assert sorted(store.snapshot().mirrors) == ["a", "b"]
+    log.write(mirror_key("dr", "b"), None)
+    log.write(mirror_key("dr", "c"), rec(topic="c").to_json())
+    log.delete_until(3)  # the tombstone of b (offset 2) went unread
+    assert sorted(store.snapshot().mirrors) == ["c"] and store.full_reads == 2
+    log.records, log.next, log.low = [], 0, 0  # re-created, empty
+    log.write(mirror_key("dr", "d"), rec(topic="d").to_json())
+    assert sorted(store.snapshot().mirrors) == ["d"] and store.full_reads == 3
+
+
+def test_an_idle_cache_is_read_again_from_the_start(monkeypatch):
+    import kafka_mirrors.state as st
+    log = FakeLog()
+    log.write(mirror_key("dr", "a"), rec(topic="a").to_json())
+    store = fake_store(log)
+    store.snapshot()
+    store.snapshot()
+    assert store.full_reads == 1
+    monkeypatch.setattr(st, "FULL_READ_AFTER_IDLE_S", -1.0)
+    store.snapshot()
+    assert store.full_reads == 2
+
+
+def test_set_state_with_the_record_read_refuses_a_mirror_changed_meanwhile():
+    from kafka_mirrors.errors import ConflictError
+    from kafka_mirrors.state import ACTIVE, PENDING_STOPPED
+    log = FakeLog()
+    log.write(mirror_key("dr", "orders"), rec().to_json())
+    log.write(mirror_key("dr", "pay"), rec(topic="pay").to_json())
+    store = fake_store(log)
+    read = store.snapshot()
+    log.write(mirror_key("dr", "orders"), rec(state=STOPPED, reason="failed over").to_json())  # another host
+    with pytest.raises(ConflictError, match=r"mirror 'orders' of link 'dr' is STOPPED now \(failed over\), "
+                                            r"not ACTIVE as read"):
+        store.set_state("orders", PENDING_STOPPED, current=read.mirrors["orders"])
+    out = store.set_state_many([read.mirrors["orders"], read.mirrors["pay"], "nope"], PENDING_STOPPED, "failover",
+                               per_mirror={"pay": {"stopped": {"x": 1}}})
+    assert isinstance(out["orders"], ConflictError) and "not found" in str(out["nope"])
+    assert out["pay"].state == PENDING_STOPPED and out["pay"].stopped == {"x": 1}
+    assert [k for k, _ in store.written[-1]] == [mirror_key("dr", "pay")]  # one flush, the one mirror
+    # the record written is what the next conditional write expects
+    assert store.set_state("pay", ACTIVE, current=out["pay"]).state == ACTIVE
+    assert store.snapshot().mirrors["orders"].state == STOPPED
+
+
+def test_progress_is_written_per_mirror_and_older_keys_are_tombstoned_once():
+    from kafka_mirrors.state import mirror_progress_key
+    log = FakeLog()
+    log.write(progress_key("dr", "orders", 0), {"next_offset": 1})
+    store = fake_store(log)
+    store.snapshot()
+    store.put_progress_many({("orders", 0): {"next_offset": 5, "updated_at": 9.0},
+                             ("orders", 1): {"next_offset": 6, "updated_at": 8.0},
+                             ("pay", 0): {"next_offset": 7, "updated_at": 9.0}})
+    assert store.written[-1] == [
+        (progress_key("dr", "orders", 0), None),
+        (mirror_progress_key("dr", "orders"),
+         {"partitions": {"0": {"next_offset": 5}, "1": {"next_offset": 6, "updated_at": 8.0}}, "updated_at": 9.0}),
+        (mirror_progress_key("dr", "pay"), {"partitions": {"0": {"next_offset": 7}}, "updated_at": 9.0})]
+    store.put_progress_many({("orders", 0): {"next_offset": 5}})
+    assert [k for k, _ in store.written[-1]] == [mirror_progress_key("dr", "orders")]
+    assert store.snapshot().progress[("orders", 0)]["next_offset"] == 5
+
+
+def test_delete_mirror_tombstones_both_progress_formats():
+    from kafka_mirrors.state import mirror_progress_key
+    log = FakeLog()
+    log.write(mirror_key("dr", "orders"), rec().to_json())
+    log.write(progress_key("dr", "orders", 3), {"next_offset": 1})
+    log.write(mirror_progress_key("dr", "orders"), {"partitions": {"0": {}}, "updated_at": 1})
+    log.write(ack_key("dr", "orders", "w1"), {"state": "stopped", "at": 1})
+    store = fake_store(log)
+    store.delete_mirror("orders")
+    assert store.written[-1] == [(progress_key("dr", "orders", 0), None), (progress_key("dr", "orders", 3), None),
+                                 (mirror_progress_key("dr", "orders"), None), (ack_key("dr", "orders", "w1"), None),
+                                 (mirror_key("dr", "orders"), None)]
+    snap = store.snapshot()
+    assert snap.mirrors == {} and snap.progress == {} and snap.acks == {}
