@@ -302,8 +302,20 @@ def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], 
         "worker": worker_view(rec.topic, workers, now, stale_after,
                               max((p["progress_updated_at"] for p in partitions
                                    if p["progress_updated_at"] is not None), default=None)),
+        # what a live worker is backing this mirror off from (it starts it again later)
+        "copy_error": _copy_error(rec.topic, workers, now, stale_after),
         "partitions": partitions,
     }
+
+
+def _copy_error(topic: str, workers: dict[str, dict], now: float, stale_after: float) -> str | None:
+    for wid, w in sorted(workers.items()):
+        if now - float(w.get("heartbeat_at") or 0) > stale_after:
+            continue
+        err = (w.get("mirror_errors") or {}).get(topic)
+        if err:
+            return f"worker {wid}: {err}"
+    return None
 
 
 def _describe_link(link, topic: str | None, now: float) -> dict:

@@ -32,6 +32,8 @@ def render_text(app: Application, view: dict) -> None:
                       f"{m['offsets_lost_to_source_retention']}; {m['worker']['status']}")
             if m["reason"]:
                 app.print(f"  reason: {m['reason']}")
+            if m.get("copy_error"):
+                app.print(f"  copying backs off: {m['copy_error']}")
             if m["failed"]:
                 f = m["failed"]
                 app.print(f"  failed at partition {f.get('partition')} offset {f.get('offset')}: {f.get('message')}")

@@ -519,6 +519,8 @@ class SinkProducers:
             "message.max.bytes": 8 * 1024 * 1024,
             "compression.type": "none",
             "delivery.timeout.ms": delivery_timeout_ms,
+            # a write must never create a mirror topic (a deleted one fails its mirror)
+            "allow.auto.create.topics": False,
         }))
         self.transactional: dict[int, Producer] = {}
         self._last_used: dict[int, float] = {}
@@ -637,6 +639,7 @@ class SinkProducers:
                 # a transaction left open by a crash is aborted by the broker after this
                 "transaction.timeout.ms": 15000,
                 "delivery.timeout.ms": min(self.delivery_timeout_ms, 15000),
+                "allow.auto.create.topics": False,
             }))
             # fences an older producer of this slot and aborts what it left open
             p.init_transactions(30)

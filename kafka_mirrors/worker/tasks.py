@@ -274,6 +274,8 @@ class CopyPlane:
             topic = m.record.topic
             if any(self.producers.in_flight(topic, p) for p in m.tasks):
                 continue
+            if self._settle_or_fail(m):
+                continue
             for p in m.tasks:
                 self.producers.take_confirmations(topic, p)
             m.tasks.clear()
@@ -434,6 +436,17 @@ class CopyPlane:
             else:
                 self.outbox.put(Event("stopped", topic, ack=m.stop_ack))
 
+    def _settle_or_fail(self, m: _Mirror) -> bool:
+        """Take the delivery reports of a mirror that is not being stepped: a failed or
+        misplaced write fails the mirror (True), as it would while copying."""
+        for p, task in m.tasks.items():
+            try:
+                task.copier.settle()
+            except PartitionFailed as exc:
+                self._fail(m, p, str(exc), exc.offset)
+                return True
+        return False
+
     def _fail(self, m: _Mirror, partition: int | None, error: str, offset: int | None) -> None:
         topic = m.record.topic
         log.error("[%s/%s%s] FAILED: %s", self.name, topic,
@@ -447,12 +460,10 @@ class CopyPlane:
         topic = m.record.topic
         log.warning("[%s/%s] %s; copying it starts over in %.0f s", self.name, topic, error, m.backoff)
         self._remember_hw(m)
-        for p, task in m.tasks.items():
+        for task in m.tasks.values():
             task.source.release()
-            try:
-                task.copier.settle()
-            except PartitionFailed:
-                pass
+        if self._settle_or_fail(m):
+            return
         # the old copiers stay until their writes settled (_restart_due): no wait here
         m.to_start = []
         m.error = error
