@@ -600,6 +600,15 @@ class SinkProducers:
         q = self.pending.get((topic, partition))
         return len(q) if q else 0
 
+    def forget(self, topic: str, partition: int) -> None:
+        """Detach this partition's bookkeeping: reports still to come for its writes go to
+        the old callback, deque and tally, which nobody reads, so a new copier of the
+        partition starts clean even before they came."""
+        key = (topic, partition)
+        self.pending.pop(key, None)
+        self._tallies.pop(key, None)
+        self._callbacks.pop(key, None)
+
     def poll(self, timeout: float = 0.0) -> None:
         self.producer.poll(timeout)
 

@@ -277,7 +277,7 @@ class CopyPlane:
             if self._settle_or_fail(m):
                 continue
             for p in m.tasks:
-                self.producers.take_confirmations(topic, p)
+                self.producers.forget(topic, p)
             m.tasks.clear()
             m.restart_at = None
             m.prepared = False
@@ -424,10 +424,12 @@ class CopyPlane:
                     if m.stop_failed is None and m.stop_why != "worker shutting down":
                         log.error("[%s/%s-p%d] while stopping: %s", self.name, topic, p, exc)
                 left += self.producers.in_flight(topic, p)
-            if left:
+            # a stop is reported once the writes settled; a failure at once (what it
+            # wrote no longer matters, and nothing of it is read again)
+            if left and m.stop_failed is None:
                 continue
             for p in m.tasks:
-                self.producers.take_confirmations(topic, p)  # nothing left over for a new copier
+                self.producers.forget(topic, p)  # nothing left over for a new copier
             self._publish_one(topic, m)
             del self.mirrors[topic]
             log.info("[%s/%s] stopped copying: %s", self.name, topic, m.stop_why)

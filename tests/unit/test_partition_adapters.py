@@ -284,3 +284,18 @@ def test_transactional_slots_are_few_and_stable():
     assert SinkProducers.slot("orders", 3) == SinkProducers.slot("orders", 3)
     s = producers(FakeProducer())
     assert s.transactional_id("orders", 3) == f"kafka-mirrors/l/slot-{SinkProducers.slot('orders', 3)}"
+
+
+def test_forget_detaches_reports_still_to_come_from_a_new_copier_of_the_partition():
+    fake = FakeProducer()
+    sink = producers(fake)
+    sink.produce("mirror", 0, [Record(10, b"k", b"v", 1, ())])
+    old_cb = fake.callbacks[0]
+    assert sink.in_flight("mirror", 0) == 1
+    sink.forget("mirror", 0)
+    assert sink.in_flight("mirror", 0) == 0
+    sink.produce("mirror", 0, [Record(0, b"k", b"v", 1, ())])  # a new copier, from offset 0
+    old_cb(None, Delivered(10))  # the old write's report comes late
+    assert sink.take_confirmations("mirror", 0).count == 0
+    fake.callbacks[1](None, Delivered(0))
+    assert sink.take_confirmations("mirror", 0) == Reports(1, 0, ())
