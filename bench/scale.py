@@ -315,6 +315,7 @@ class Result:
     sample_diffs: list[str] = field(default_factory=list)
     worker_exit: str | None = None
     registry: str | None = None
+    longest_stall: float = 0.0           # longest time the copy made no progress once started
     trickle_sent: int = 0
     ran_after_catchup: float = 0.0
 
@@ -356,6 +357,8 @@ def print_table(r: Result) -> None:
     notes = []
     if r.lag_note:
         notes.append(f"lag 0 not reached: {r.lag_note}")
+    if r.longest_stall >= 5:
+        notes.append(f"the copy made no progress for {r.longest_stall:.0f}s at its longest (after the first record)")
     if r.peak_fds is not None:
         notes.append(f"worker peak open fds {r.peak_fds:,}")
     if r.preload_seconds:
@@ -384,16 +387,26 @@ def print_table(r: Result) -> None:
 def wait_for_lag0(worker: Worker, dst: Offsets, goal: dict, timeout: float, r: Result) -> None:
     total = sum(goal.values())
     last_log = time.monotonic()
+    last_missing, moved_at, warned = None, worker.started, False
     while True:
         worker.check()
         ends = dst.get()
         now = time.monotonic()
         missing = sum(max(0, end - max(0, ends.get(k, 0))) for k, end in goal.items())
         behind = sum(1 for k, end in goal.items() if ends.get(k, -1) != end)
+        if missing != last_missing:
+            if last_missing not in (None, total):  # the start-up before the first record is not a stall
+                r.longest_stall = max(r.longest_stall, now - moved_at)
+            last_missing, moved_at, warned = missing, now, False
+        elif last_missing != total and now - moved_at > 120 and not warned:
+            log(f"  no progress for {now - moved_at:.0f}s ({behind:,} partitions behind); still waiting "
+                f"(--timeout {timeout:.0f}s); worker log tail:\n{worker.tail(5)}")
+            warned = True
         if behind == 0:
             r.lag0_seconds = now - worker.started
             return
         if now - worker.started > timeout:
+            r.longest_stall = max(r.longest_stall, now - moved_at)
             r.remaining = missing
             raise TimeoutError(f"{behind:,} partitions behind, {missing:,} of {total:,} records missing "
                                f"after {timeout:.0f}s (--timeout)")
