@@ -33,7 +33,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from typing import Any, Iterable
 
@@ -91,13 +91,17 @@ class MirrorRecord:
     acls: list | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # shallow (asdict deep-copies, a cost at 1,000 records a batch): json.dumps does the rest
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     @classmethod
     def from_json(cls, value: dict) -> "MirrorRecord":
         # unknown keys are ignored so an older reader survives a newer writer's records
         known = {f.name for f in dc_fields(cls)}
         return cls(**{k: v for k, v in value.items() if k in known})
+
+
+_RECORD_FIELDS = tuple(f.name for f in dc_fields(MirrorRecord))
 
 
 def mirror_key(link: str, topic: str) -> str:
@@ -383,6 +387,9 @@ class StateStore:
     def _read(self, consumer, start: int | None, end: int, into: StateSnapshot) -> None:
         from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
         consumer.assign([TopicPartition(STATE_TOPIC, 0, OFFSET_BEGINNING if start is None else start)])
+        # only the last record of each key is decoded and folded, in the order of those last
+        # records: what compaction would leave, and the fold is correct on a compacted log
+        latest: dict[bytes, tuple[int, bytes | None]] = {}
         try:
             deadline = time.monotonic() + self.timeout
             position = start or 0
@@ -401,8 +408,10 @@ class StateStore:
                     if msg.offset() < position or msg.offset() >= end:
                         continue  # left over from an earlier assignment, or past this read
                     self.records_read += 1
-                    if msg.key() is not None:
-                        into.apply(msg.key().decode(), _decode_or_skip(msg))
+                    key = msg.key()
+                    if key is not None:
+                        latest.pop(key, None)
+                        latest[key] = (msg.offset(), msg.value())
                     position = msg.offset() + 1
                 if position < end:
                     # compaction can leave the tail offsets without records: ask where we are
@@ -411,6 +420,8 @@ class StateStore:
                     except KafkaException:
                         pos = -1
                     position = max(position, pos)
+            for key, (offset, raw) in latest.items():
+                into.apply(key.decode(errors="replace"), _decode_or_skip(offset, raw))
         finally:
             try:
                 consumer.unassign()  # no fetching in the background between reads
@@ -428,18 +439,28 @@ class StateStore:
         created: reading must not change a cluster."""
         from confluent_kafka import KafkaException, TopicPartition
         consumer = self._reader_()
-        try:
-            md = consumer.list_topics(STATE_TOPIC, timeout=self.timeout)
-        except KafkaException as exc:
-            raise self._unreachable(exc) from None
-        t = md.topics.get(STATE_TOPIC)
-        if t is None or t.error is not None:
-            self._cache = None
-            return StateSnapshot(self.link)
-        try:
-            low, high = consumer.get_watermark_offsets(TopicPartition(STATE_TOPIC, 0), timeout=self.timeout)
-        except KafkaException as exc:
-            raise self._unreachable(exc) from None
+        watermarks = None
+        if self._cache is not None:
+            # the topic was there a moment ago: skip the metadata request (if it is gone,
+            # the offsets request fails and the slow path below tells)
+            try:
+                watermarks = consumer.get_watermark_offsets(TopicPartition(STATE_TOPIC, 0), timeout=self.timeout)
+            except KafkaException:
+                self._cache = None
+        if watermarks is None:
+            try:
+                md = consumer.list_topics(STATE_TOPIC, timeout=self.timeout)
+            except KafkaException as exc:
+                raise self._unreachable(exc) from None
+            t = md.topics.get(STATE_TOPIC)
+            if t is None or t.error is not None:
+                self._cache = None
+                return StateSnapshot(self.link)
+            try:
+                watermarks = consumer.get_watermark_offsets(TopicPartition(STATE_TOPIC, 0), timeout=self.timeout)
+            except KafkaException as exc:
+                raise self._unreachable(exc) from None
+        low, high = watermarks
         snap, start = self._cache, None
         if snap is not None and low <= snap.end_offset <= high and \
                 time.monotonic() - self._cache_read_at <= FULL_READ_AFTER_IDLE_S:
@@ -640,11 +661,11 @@ class StateStore:
                 log.debug("closing the state reader failed", exc_info=True)
 
 
-def _decode_or_skip(msg) -> Any:
+def _decode_or_skip(offset: int, raw: bytes | None) -> Any:
     try:
-        return decode(msg.value())
+        return decode(raw)
     except ValueError:
-        log.warning("skipping undecodable state record at offset %d", msg.offset())
+        log.warning("skipping undecodable state record at offset %d", offset)
         return None
 
 
@@ -672,7 +693,7 @@ class StateFollower:
                 continue  # EOF and transient errors: the next poll retries
             key = msg.key().decode() if msg.key() is not None else ""
             if key.startswith(self._prefixes):
-                out.append((key, _decode_or_skip(msg)))
+                out.append((key, _decode_or_skip(msg.offset(), msg.value())))
         return out
 
     def close(self) -> None:
