@@ -194,7 +194,9 @@ class StateSnapshot:
     read went up to; `follow(snapshot.end_offset)` continues without a gap).
 
     `progress` maps (topic, partition) to that partition's dict whichever key format it
-    came in: a per-mirror record replaces every partition of its mirror."""
+    came in: a per-mirror record replaces every partition of its mirror written before it
+    in the per-partition format (its tombstone uncovers them again, as it must: tombstones
+    are compacted away in time; delete_mirror deletes both)."""
 
     link: str
     mirrors: dict[str, MirrorRecord] = field(default_factory=dict)
@@ -202,11 +204,18 @@ class StateSnapshot:
     progress: dict[tuple[str, int], dict] = field(default_factory=dict)
     acks: dict[tuple[str, str], dict] = field(default_factory=dict)
     end_offset: int = 0
-    # bookkeeping of the two progress formats: the partitions of each mirror in `progress`,
-    # those whose value came from a per-partition key, and the per-partition keys alive
-    _progress_parts: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
-    _from_legacy: set[tuple[str, int]] = field(default_factory=set, repr=False, compare=False)
-    legacy_progress: set[tuple[str, int]] = field(default_factory=set, repr=False, compare=False)
+    # the two progress formats, each last-writer-wins per key, and the order of their last
+    # writes: a per-mirror record hides the per-partition records written before it. This
+    # depends on each key's last record only, so a compacted log folds to the same view.
+    _legacy: dict[tuple[str, int], tuple[int, dict]] = field(default_factory=dict, repr=False, compare=False)
+    _legacy_parts: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
+    _per_mirror: dict[str, tuple[int, dict[int, dict]]] = field(default_factory=dict, repr=False, compare=False)
+    _seq: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def legacy_progress(self) -> set[tuple[str, int]]:
+        """The (topic, partition)s whose per-partition key (older workers) is alive."""
+        return set(self._legacy)
 
     def apply(self, key: str, value: Any) -> bool:
         """Fold one record in (value None deletes). Records of other links and keys this
@@ -240,20 +249,17 @@ class StateSnapshot:
         return True
 
     def _apply_partition_progress(self, topic: str, partition: int, value: Any) -> None:
+        if value is not None and not isinstance(value, dict):
+            raise TypeError("progress is not an object")
+        self._seq += 1
         k = (topic, partition)
         if value is None:
-            self.legacy_progress.discard(k)
-            if k in self._from_legacy:  # a per-mirror record written since is newer: kept
-                self._from_legacy.discard(k)
-                self.progress.pop(k, None)
-                self._progress_parts.get(topic, set()).discard(partition)
-            return
-        if not isinstance(value, dict):
-            raise TypeError("progress is not an object")
-        self.legacy_progress.add(k)
-        self._from_legacy.add(k)
-        self.progress[k] = value
-        self._progress_parts.setdefault(topic, set()).add(partition)
+            self._legacy.pop(k, None)
+            self._legacy_parts.get(topic, set()).discard(partition)
+        else:
+            self._legacy[k] = (self._seq, value)
+            self._legacy_parts.setdefault(topic, set()).add(partition)
+        self._progress_of(topic, (partition,))
 
     def _apply_mirror_progress(self, topic: str, value: Any) -> None:
         new: dict[int, dict] = {}
@@ -266,13 +272,22 @@ class StateSnapshot:
                 if not isinstance(v, dict):
                     raise TypeError(f"progress of partition {p!r} is not an object")
                 new[int(p)] = v if updated is None or "updated_at" in v else {**v, "updated_at": updated}
-        for p in self._progress_parts.pop(topic, ()):
-            self.progress.pop((topic, p), None)
-            self._from_legacy.discard((topic, p))
-        for p, v in new.items():
-            self.progress[(topic, p)] = v
-        if new:
-            self._progress_parts[topic] = set(new)
+        self._seq += 1
+        old = self._per_mirror.pop(topic, (0, {}))[1]
+        if value is not None:
+            self._per_mirror[topic] = (self._seq, new)
+        self._progress_of(topic, set(old) | set(new) | self._legacy_parts.get(topic, set()))
+
+    def _progress_of(self, topic: str, partitions: Iterable[int]) -> None:
+        """Bring progress[(topic, p)] up to date: the later of the two formats' records."""
+        seq_m, per_mirror = self._per_mirror.get(topic, (None, None))
+        for p in partitions:
+            legacy = self._legacy.get((topic, p))
+            if per_mirror is not None and (legacy is None or seq_m > legacy[0]):
+                value = per_mirror.get(p)
+            else:
+                value = legacy[1] if legacy else None
+            _put(self.progress, (topic, p), value)
 
     def copy(self) -> "StateSnapshot":
         """A copy whose containers and mirror records the caller may change (the dicts
@@ -281,9 +296,10 @@ class StateSnapshot:
                             {w: _copy1(v) for w, v in self.workers.items()},
                             {k: _copy1(v) for k, v in self.progress.items()},
                             {k: _copy1(v) for k, v in self.acks.items()}, self.end_offset)
-        out._progress_parts = {t: set(ps) for t, ps in self._progress_parts.items()}
-        out._from_legacy = set(self._from_legacy)
-        out.legacy_progress = set(self.legacy_progress)
+        out._legacy = dict(self._legacy)
+        out._legacy_parts = {t: set(ps) for t, ps in self._legacy_parts.items()}
+        out._per_mirror = dict(self._per_mirror)
+        out._seq = self._seq
         return out
 
 
