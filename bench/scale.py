@@ -158,22 +158,47 @@ def produce_data_set(cluster: Cluster, names: list[str], partitions: int, n: int
 # ---------------------------------------------------------------- offsets
 
 class Offsets:
-    """High watermarks of many partitions: one AdminClient list_offsets batch per call."""
+    """High watermarks of many partitions: one AdminClient list_offsets batch per call.
+
+    A partition that fails counts as -1 (not caught up), and the next call uses a new
+    AdminClient: librdkafka keeps a topic it once saw missing (one created a moment ago)
+    in its metadata cache for up to metadata.max.age.ms (15 min), and a long-lived client
+    would report the partition missing all that time."""
 
     def __init__(self, cluster: Cluster, tps: list[TopicPartition]):
+        self.cluster = cluster
         self.admin = cluster.admin()
         self.tps = tps
+        self.errors = 0
+        self.last_error: str | None = None
 
     def get(self, spec=OffsetSpec.latest) -> dict[tuple[str, int], int]:
         futures = self.admin.list_offsets({TopicPartition(tp.topic, tp.partition): spec() for tp in self.tps},
                                           request_timeout=60)
         out = {}
+        self.errors = 0
         for tp, f in futures.items():
             try:
                 out[(tp.topic, tp.partition)] = f.result(90).offset
-            except KafkaException:
-                out[(tp.topic, tp.partition)] = -1  # a topic not there (yet): not caught up
+            except KafkaException as e:
+                out[(tp.topic, tp.partition)] = -1
+                self.errors += 1
+                self.last_error = f"{tp.topic}-{tp.partition}: {e}"
+        if self.errors:
+            self.admin = self.cluster.admin()
         return out
+
+    def get_all(self, spec=OffsetSpec.latest, timeout: float = 120) -> dict[tuple[str, int], int]:
+        """As get(), retried until every partition answered."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.get(spec)
+            if not self.errors:
+                return out
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"offsets of {self.errors} partitions on {self.cluster.name} not readable "
+                                   f"for {timeout:.0f}s (last: {self.last_error})")
+            time.sleep(1)
 
 
 # ---------------------------------------------------------------- the worker
@@ -409,10 +434,12 @@ def wait_for_lag0(worker: Worker, dst: Offsets, goal: dict, timeout: float, r: R
             r.longest_stall = max(r.longest_stall, now - moved_at)
             r.remaining = missing
             raise TimeoutError(f"{behind:,} partitions behind, {missing:,} of {total:,} records missing "
-                               f"after {timeout:.0f}s (--timeout)")
+                               f"after {timeout:.0f}s (--timeout)"
+                               + (f"; {dst.errors} partitions not readable ({dst.last_error})" if dst.errors else ""))
         if now - last_log > 15:
             log(f"  {total - missing:,} of {total:,} records copied, {behind:,} partitions behind, "
-                f"RSS {worker.sampler.max_rss_kib / 1024:.0f} MiB, threads {worker.sampler.max_threads}")
+                f"RSS {worker.sampler.max_rss_kib / 1024:.0f} MiB, threads {worker.sampler.max_threads}"
+                + (f"; {dst.errors} partitions not readable ({dst.last_error})" if dst.errors else ""))
             last_log = now
         time.sleep(0.5)
 
@@ -436,7 +463,7 @@ def state_topic_size(dst: Cluster, dst_dir: Path, r: Result) -> None:
         return
     tps = [TopicPartition(STATE_TOPIC, p) for p in md.partitions]
     offsets = Offsets(dst, tps)
-    high, low = offsets.get(OffsetSpec.latest), offsets.get(OffsetSpec.earliest)
+    high, low = offsets.get_all(OffsetSpec.latest), offsets.get_all(OffsetSpec.earliest)
     r.state_records = sum(high[k] - low[k] for k in high)
     # confluent-kafka 2.16 has no describe_log_dirs: du of the partition folders (allocated
     # blocks, so the sparse preallocated index files count only what they use)
@@ -563,7 +590,7 @@ def run(args, r: Result, cleanup: list) -> None:
             log("the baseline's folders are still there after 600 s; going on")
 
     tps = [TopicPartition(n, p) for n in names for p in range(args.partitions)]
-    goal = Offsets(src, tps).get()
+    goal = Offsets(src, tps).get_all()
 
     log("link create, mirror create")
     _, proc = timed_cli(exe, env, ["link", "create", LINK, "--source", src.bootstrap,
@@ -590,7 +617,7 @@ def run(args, r: Result, cleanup: list) -> None:
             log(f"lag 0 not reached: {e}")
         r.peak_rss_mib, r.peak_threads, r.peak_fds = (worker.sampler.max_rss_mib, worker.sampler.max_threads,
                                                       worker.sampler.max_fds)
-        if goal != Offsets(src, tps).get():
+        if goal != Offsets(src, tps).get_all():
             raise RuntimeError("the source's high watermarks moved during the copy; nothing else may write")
 
         log(f"verifying {min(args.sample, len(tps))} sampled partitions record by record")
