@@ -1,4 +1,4 @@
-"""Fail back (DESIGN.md section 3): after a promote or a failover the old source topic
+"""Fail back (docs/architecture.md section 2): after a promote or a failover the old source topic
 becomes a mirror of the new primary, over the REVERSE link (source and destination
 swapped).
 
@@ -248,7 +248,7 @@ def _describe(admin, topic: str):
 
 
 def _ensure_create_time(admin, topic: str) -> bool:
-    """Mirror topics keep the source's timestamps (DESIGN.md 4, invariant 1)."""
+    """Mirror topics keep the source's timestamps (docs/architecture.md section 3)."""
     from kafka_mirrors.kafka import topics as kt
     entries = kt.describe_topic_configs(admin, topic)
     wrong = {k: v for k, v in FORCED_CONFIGS.items() if k not in entries or entries[k].value != v}

@@ -1,4 +1,4 @@
-"""Consumer-offset sync (DESIGN.md section 5): copy the committed offsets of the source's
+"""Consumer-offset sync (docs/architecture.md section 4): copy the committed offsets of the source's
 consumer groups to the destination, for mirrored topics only.
 
     source: ListConsumerGroups, ListConsumerGroupOffsets --+

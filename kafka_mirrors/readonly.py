@@ -1,5 +1,5 @@
 """Read-only mirror topics and fencing by ACL, where the destination has an authorizer
-(DESIGN.md section 3).
+(docs/architecture.md section 2).
 
     mirror create / worker tick                 promote / failover (after the workers acked)
     ---------------------------                 --------------------------------------------

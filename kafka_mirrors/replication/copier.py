@@ -1,5 +1,5 @@
 """The per-partition copier: copies one source partition to the same partition of the
-mirror topic, record for record at identical offsets (DESIGN.md section 4). Pure logic:
+mirror topic, record for record at identical offsets (docs/architecture.md section 3). Pure logic:
 it talks to a PartitionSource and a PartitionSink only, never to Kafka.
 
     start():  fence old writer -> checkpoint = destination log end offset

@@ -1,4 +1,4 @@
-"""The two small interfaces the per-partition copier talks to (DESIGN.md section 4).
+"""The two small interfaces the per-partition copier talks to (docs/architecture.md section 3).
 
     source (read_committed) --fetch--> copier --plan--> sink (destination partition)
 
@@ -78,7 +78,7 @@ class Confirmation(NamedTuple):
 
 class Reports(NamedTuple):
     """The delivery reports of fast-path writes taken at once. The sink checks each report
-    as it arrives against the source offset its record copies (DESIGN.md section 4,
+    as it arrives against the source offset its record copies (docs/architecture.md section 3,
     invariant 4) and hands back a tally plus every report that failed the check, so the
     copier does no per-record work for the reports that passed."""
 

@@ -1,4 +1,4 @@
-"""Write planning for the per-partition copier (DESIGN.md section 4), as pure functions.
+"""Write planning for the per-partition copier (docs/architecture.md section 3), as pure functions.
 
 Kafka gives clients no way to choose the offset of a write, so every offset the source
 shows nothing at (a transaction marker, an aborted record, a compacted record, a record

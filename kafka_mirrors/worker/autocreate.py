@@ -1,4 +1,4 @@
-"""Auto-created mirrors (whole-cluster DR, DESIGN.md section 5): with the link option
+"""Auto-created mirrors (whole-cluster DR, docs/architecture.md section 4): with the link option
 auto.create.mirror.topics.enable, the worker mirrors every source topic whose name
 matches an auto.create.mirror.topics.include regex and no .exclude regex (full match),
 through the same path as `mirror create`.
