@@ -101,6 +101,25 @@ def create_topics(cluster: Cluster, names: list[str], partitions: int) -> None:
                                  operation_timeout=120, request_timeout=180)
         for f in fs.values():
             f.result(240)
+    wait_ready(cluster, names, partitions)
+
+
+def wait_ready(cluster: Cluster, names: list[str], partitions: int, timeout: float = 900) -> None:
+    """Until the broker's metadata shows every partition with a leader: CreateTopics
+    returns before 10,000 partitions are all ready, and a produce then fails with
+    UNKNOWN_TOPIC_OR_PART."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = cluster.admin().list_topics(timeout=60)  # a new client: no stale cache
+        missing = [n for n in names if n not in md.topics or md.topics[n].error is not None
+                   or len(md.topics[n].partitions) < partitions
+                   or any(pm.leader < 0 for pm in md.topics[n].partitions.values())]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(missing)} topic(s) on {cluster.name} not ready after {timeout:.0f}s, "
+                               f"e.g. {missing[0]}")
+        time.sleep(2)
 
 
 def delete_topics(cluster: Cluster, names: list[str]) -> None:

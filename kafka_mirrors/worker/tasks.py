@@ -179,7 +179,9 @@ class CopyPlane:
         try:
             self._loop()
         except BaseException as exc:  # noqa: BLE001 - the control plane reports it and exits
-            log.exception("[%s] the copy thread stopped on an unexpected error", self.name)
+            log.error("[%s] the copy thread stopped on an unexpected error: %s: %s", self.name,
+                      type(exc).__name__, exc)
+            log.debug("the copy thread's error", exc_info=True)
             self.crashed = exc
         finally:
             self._close()
@@ -308,6 +310,9 @@ class CopyPlane:
                 self._fail(m, None, str(exc), None)
             except (KafkaMirrorsError, KafkaException, BufferError) as exc:
                 self._back_off(m, f"cannot start: {exc}")
+            except Exception as exc:  # noqa: BLE001 - one mirror's surprise is that mirror's
+                log.debug("starting %s", topic, exc_info=True)
+                self._back_off(m, f"cannot start: unexpected {type(exc).__name__}: {exc}")
             if time.monotonic() > deadline:
                 return
 
@@ -394,6 +399,10 @@ class CopyPlane:
                     break
                 except (KafkaMirrorsError, KafkaException, BufferError) as exc:
                     self._back_off(m, f"partition {p}: {exc}")
+                    break
+                except Exception as exc:  # noqa: BLE001 - one mirror's surprise is that mirror's
+                    log.debug("copying %s-%d", topic, p, exc_info=True)
+                    self._back_off(m, f"partition {p}: unexpected {type(exc).__name__}: {exc}")
                     break
                 if copier.progress.next_offset != before:
                     progressed = True
