@@ -1,4 +1,4 @@
-"""DR operations on mirrors (DESIGN.md section 3): pause and resume, promote (planned:
+"""DR operations on mirrors (docs/architecture.md section 2): pause and resume, promote (planned:
 the source is reachable and the mirror reaches lag 0 first) and failover (disaster: the
 source is never contacted; stop now and report what may be lost).
 

@@ -24,7 +24,7 @@ from kafka_mirrors.state import ACTIVE, FAILED, STATES, STOPPED, MirrorRecord, S
 # A worker whose last heartbeat is older than this is reported as "not seen".
 WORKER_STALE_AFTER_S = 30.0
 
-# Mirror topics take their timestamps from the source records (DESIGN.md 4, invariant 1).
+# Mirror topics take their timestamps from the source records (docs/architecture.md section 3).
 FORCED_CONFIGS = {"message.timestamp.type": "CreateTime"}
 
 

@@ -1,7 +1,7 @@
 """Mirror state store: the state of every mirror of a link, the workers' heartbeats and
 their per-partition progress, kept on the DESTINATION cluster in one compacted topic
 (`__kafka_mirrors_state`, 1 partition) so it stays authoritative when the source is lost
-and every host with the link definition sees the same states (DESIGN.md sections 2-3).
+and every host with the link definition sees the same states (docs/architecture.md sections 1-2).
 
 Keys (UTF-8) and JSON values:
 
