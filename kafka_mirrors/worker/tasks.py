@@ -55,7 +55,7 @@ REPORT_S = 2.0          # how often the plane publishes its progress view
 START_BUDGET_S = 0.05   # partition starts per turn stop after this long (commands come first)
 # Idle partitions are looked at (a ListOffsets to the destination) at most this many times
 # a second in all, so 10,000 idle partitions do not flood the brokers.
-IDLE_CHECKS_PER_S = 200.0
+IDLE_CHECKS_PER_S = 20.0
 SHUTDOWN_DRAIN_S = 10.0
 
 
