@@ -177,6 +177,9 @@ class Worker:
         if not self._acks:
             return
         topics, self._acks = sorted(set(self._acks)), []
+        # the stopped mirrors' last progress first: failover reads the last known source
+        # offsets from it as soon as it sees the acknowledgement
+        self._write_progress()
         try:
             self.store.ack_many(topics, self.worker_id, "stopped")
         except KafkaMirrorsError as exc:
