@@ -398,7 +398,10 @@ class CopyPlane:
                     self._fail(m, p, cause, exc.offset)
                     break
                 except (KafkaMirrorsError, KafkaException, BufferError) as exc:
-                    self._back_off(m, f"partition {p}: {exc}")
+                    if self._destination_topic_gone(m, exc):
+                        self._fail(m, p, f"destination topic '{topic}' was deleted ({exc})", None)
+                    else:
+                        self._back_off(m, f"partition {p}: {exc}")
                     break
                 except Exception as exc:  # noqa: BLE001 - one mirror's surprise is that mirror's
                     log.debug("copying %s-%d", topic, p, exc_info=True)
@@ -446,6 +449,19 @@ class CopyPlane:
                 self.outbox.put(m.stop_failed)
             else:
                 self.outbox.put(Event("stopped", topic, ack=m.stop_ack))
+
+    def _destination_topic_gone(self, m: _Mirror, exc: Exception) -> bool:
+        """An unknown-topic error on a write, and the mirror topic is really gone: its
+        writes would wait out delivery.timeout.ms, so the mirror fails at once."""
+        if "Unknown topic" not in str(exc) and "UNKNOWN_TOPIC" not in str(exc):
+            return False
+        try:
+            kt.describe_topic(self.dst_admin, m.record.topic)
+        except NotFoundError:
+            return True
+        except KafkaMirrorsError:
+            return False
+        return False
 
     def _settle_or_fail(self, m: _Mirror) -> bool:
         """Take the delivery reports of a mirror that is not being stepped: a failed or

@@ -439,7 +439,7 @@ def test_stop_acknowledged_promptly_during_a_long_write(mirroring, cli, source, 
     open_tx = None
     try:
         if busy == "big-records":
-            n = 300
+            n = 600
             # 1 MiB records: the local brokers take 8 MiB (message.max.bytes); the topic says
             # so too, so the mirror (whose configs come from the source) does on any broker
             topic = source.create_topic(unique("iso-big"), partitions=1,
