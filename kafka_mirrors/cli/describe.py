@@ -2,7 +2,9 @@
 on both clusters, derived lag, fillers, offsets lost, state and worker heartbeat; with
 `--check`, exit 1 when a mirror is FAILED or lags more than --max-lag (CI smoke checks).
 
-The text renderer and the check here are shared with `mirror describe`."""
+The text renderer and the check here are shared with `mirror describe`. Across links,
+each link is described on its own: one whose cluster cannot be reached becomes an error
+row and the others still print."""
 from __future__ import annotations
 
 import time
@@ -13,8 +15,36 @@ import typer
 from kafka_mirrors.cli.application import Application, OutputFormat
 
 
+def describe_links_view(registry, link_name: str | None) -> dict:
+    """The describe view of one link, or of every link with each described on its own: a
+    link that cannot be described (its destination unreachable, its settings unusable)
+    gets a row with `error` set and no mirrors, so the others still show. Every row has
+    `error` (null when described)."""
+    from kafka_mirrors.errors import KafkaMirrorsError
+    from kafka_mirrors.mirrors import describe_view
+    if link_name:
+        return describe_view(registry, link_name)
+    now, rows = time.time(), []
+    for name in sorted(registry.links()):
+        try:
+            rows.extend(describe_view(registry, name, now=now)["links"])
+        except KafkaMirrorsError as exc:
+            rows.append({"link": name, "error": str(exc), "source_available": None, "source_error": None,
+                         "consumer_offset_sync": None, "mirrors": []})
+    return {"links": rows}
+
+
+def link_problems(view: dict) -> list[str]:
+    """One line per link that could not be described."""
+    return [f"link '{lv['link']}' could not be described: {lv['error']}"
+            for lv in view["links"] if lv.get("error")]
+
+
 def render_text(app: Application, view: dict) -> None:
     for link in view["links"]:
+        if link.get("error"):
+            app.print(f"link {link['link']} (ERROR: {link['error']})")
+            continue
         where = "source reachable" if link["source_available"] else f"SOURCE_UNAVAILABLE: {link['source_error']}"
         app.print(f"link {link['link']} ({where})")
         sync = link.get("consumer_offset_sync")
@@ -53,12 +83,16 @@ def render_text(app: Application, view: dict) -> None:
 
 def render_and_check(app: Application, view: dict, output: OutputFormat, check: bool, max_lag: int | None) -> None:
     from kafka_mirrors.mirrors import health_problems
+    for lv in view["links"]:
+        lv.setdefault("error", None)
     app.render(output, view, lambda v: render_text(app, v))
+    problems = link_problems(view)
     if check:
-        problems = health_problems(view, max_lag)
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            app.abort(problems[0] + more, 1)
+        problems += health_problems(view, max_lag)
+    if problems:
+        # a link that could not be described fails the command, as in `mirror list`
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        app.abort(problems[0] + more, 1)
 
 
 def check_options(check: bool, max_lag: int | None) -> None:
@@ -79,7 +113,9 @@ def describe(
 ) -> None:
     """Every mirror with its offsets on both clusters, lag, state and worker heartbeat.
 
-    Lag is the source's last stable offset minus the destination's log end offset.
+    Lag is the source's last stable offset minus the destination's log end offset. A
+    link whose destination cannot be reached gets an error row, the other links still
+    print, and the command exits 1.
 
     \b
     Examples:
@@ -87,9 +123,8 @@ def describe(
       kafka-mirrors describe --link dr --output json
       kafka-mirrors describe --check --max-lag 1000
     """
-    from kafka_mirrors.mirrors import describe_view
     from kafka_mirrors.registry import resolve_registry
     app: Application = ctx.obj
     check_options(check, max_lag)
-    view = describe_view(resolve_registry(app), link)
+    view = describe_links_view(resolve_registry(app), link)
     render_and_check(app, view, output, check, max_lag)
