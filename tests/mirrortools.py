@@ -16,7 +16,7 @@ import hashlib
 import random
 import time
 import uuid
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -25,6 +25,7 @@ MIB = 1024 * 1024
 # producer must be allowed as much, or a 1 MiB record plus its batch overhead is refused.
 MAX_MESSAGE_BYTES = 8 * MIB
 DAY_MS = 24 * 3600 * 1000
+T = TypeVar("T")
 
 
 class Record(NamedTuple):
@@ -197,12 +198,26 @@ def _consumer(cluster, isolation: str) -> Consumer:
     })
 
 
+def _retrying(call: Callable[[], T], attempts: int = 30, interval: float = 0.5) -> T:
+    """call(), again after a retriable Kafka error (NOT_LEADER_FOR_PARTITION while a new
+    partition's leader is being elected, a coordinator still loading) up to `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except KafkaException as e:
+            if not e.args[0].retriable() or attempt == attempts - 1:
+                raise
+            time.sleep(interval)
+    raise AssertionError("unreachable")
+
+
 def watermarks(cluster, topic: str, partition: int, isolation: str = "read_uncommitted") -> tuple[int, int]:
     """(log start offset, end) of one partition; end is the high watermark, or the last
     stable offset for isolation="read_committed"."""
     c = cluster.consumer(**{"isolation.level": isolation})
     try:
-        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=15, cached=False)
+        return _retrying(lambda: c.get_watermark_offsets(TopicPartition(topic, partition), timeout=15,
+                                                         cached=False))
     finally:
         c.close()
 
@@ -216,7 +231,8 @@ def log_end_offsets(cluster, topic: str, partitions: int | Iterable[int] | None 
             if md.error is not None:
                 raise KafkaException(md.error)
             partitions = sorted(md.partitions)
-        return {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=15, cached=False)[1]
+        return {p: _retrying(lambda p=p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=15,
+                                                                  cached=False))[1]
                 for p in _partition_list(partitions)}
     finally:
         c.close()
