@@ -137,20 +137,36 @@ def _passing(err: KafkaError) -> bool:
 def list_offsets(admin: Admin, topic: str, partitions: Iterable[int], which: str) -> dict[int, int]:
     """Per-partition offsets: which = 'earliest' (log start offset), 'latest' (high
     watermark / log end offset) or 'last_stable' (last stable offset)."""
+    got = _list_offsets(admin, {(topic, p) for p in partitions}, which,
+                        f"listing {which} offsets of topic '{topic}'")
+    return {p: off for (_, p), off in got.items()}
+
+
+def list_offsets_many(admin: Admin, partitions: Mapping[str, Iterable[int]], which: str) -> dict[str, dict[int, int]]:
+    """list_offsets of many topics in one request (describe of 1,000 mirrors would
+    otherwise make 1,000 round trips per kind of offset). Any error raises, typed as
+    list_offsets would; callers fall back to list_offsets per topic to tell whose it was."""
+    wanted = {(t, p) for t, parts in partitions.items() for p in parts}
+    out: dict[str, dict[int, int]] = {t: {} for t in partitions}
+    for (t, p), off in _list_offsets(admin, wanted, which, f"listing {which} offsets of {len(out)} topics").items():
+        out[t][p] = off
+    return out
+
+
+def _list_offsets(admin: Admin, wanted: set[tuple[str, int]], which: str, what: str) -> dict[tuple[str, int], int]:
     spec, isolation = _SPECS[which]
-    what = f"listing {which} offsets of topic '{topic}'"
-    pending = set(partitions)
-    out: dict[int, int] = {}
+    pending = set(wanted)
+    out: dict[tuple[str, int], int] = {}
     deadline = time.monotonic() + admin.timeout
     while pending:
-        request = {TopicPartition(topic, p): spec() for p in sorted(pending)}
+        request = {TopicPartition(t, p): spec() for t, p in sorted(pending)}
         futures = admin.client.list_offsets(request, isolation_level=isolation,
                                             request_timeout=admin.timeout)
         retry = False
         for tp, fut in futures.items():
             try:
-                out[tp.partition] = fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
-                pending.discard(tp.partition)
+                out[(tp.topic, tp.partition)] = fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
+                pending.discard((tp.topic, tp.partition))
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 # a topic created a moment ago has no leader yet: that passes, so wait
@@ -165,6 +181,25 @@ def list_offsets(admin: Admin, topic: str, partitions: Iterable[int], which: str
     return out
 
 
+def describe_topics(admin: Admin, names: Iterable[str]) -> dict[str, TopicInfo | Exception]:
+    """describe_topic of many topics in one request: each name maps to its TopicInfo or to
+    the typed error describe_topic would raise for it (NotFoundError when absent)."""
+    names = sorted(set(names))
+    if not names:
+        return {}
+    futures = admin.client.describe_topics(TopicCollection(names), request_timeout=admin.timeout)
+    out: dict[str, TopicInfo | Exception] = {}
+    for name in names:
+        try:
+            desc = _await(admin, futures[name], f"describing topic '{name}'")
+            out[name] = TopicInfo(name=name, topic_id=str(desc.topic_id), partitions=len(desc.partitions))
+        except NotFoundError:
+            out[name] = NotFoundError(f"topic '{name}' does not exist on {admin.label}")
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, typed by _await
+            out[name] = exc
+    return out
+
+
 def partition_offsets(admin: Admin, topic: str, partitions: Iterable[int]) -> dict[int, PartitionOffsets]:
     """Log start offset, last stable offset and high watermark of each partition."""
     parts = list(partitions)
@@ -172,3 +207,12 @@ def partition_offsets(admin: Admin, topic: str, partitions: Iterable[int]) -> di
     stable = list_offsets(admin, topic, parts, "last_stable")
     high = list_offsets(admin, topic, parts, "latest")
     return {p: PartitionOffsets(start[p], stable[p], high[p]) for p in parts}
+
+
+def partition_offsets_many(admin: Admin, partitions: Mapping[str, Iterable[int]]) -> dict[str, dict[int, PartitionOffsets]]:
+    """partition_offsets of many topics in three requests; errors as list_offsets_many."""
+    parts = {t: list(ps) for t, ps in partitions.items()}
+    start = list_offsets_many(admin, parts, "earliest")
+    stable = list_offsets_many(admin, parts, "last_stable")
+    high = list_offsets_many(admin, parts, "latest")
+    return {t: {p: PartitionOffsets(start[t][p], stable[t][p], high[t][p]) for p in ps} for t, ps in parts.items()}
