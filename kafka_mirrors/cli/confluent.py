@@ -43,7 +43,7 @@ ACTIONS = ("--create", "--list", "--describe", "--promote", "--failover", "--pau
 BATCH = ("--promote", "--failover", "--pause", "--unpause", "--reverse-and-start", "--reverse-and-pause",
          "--truncate-and-restore")
 # the root options of the native command line: argv starting with one of these stays native
-NATIVE_ROOT = ("--help", "-h", "--version")
+NATIVE_ROOT = ("--help", "-h", "--version", "--install-completion", "--show-completion")
 HELP_HINT = "the Confluent-style flags are listed by 'kafka-mirrors --list --help'"
 # how long the cluster-ID comparison may wait for the --bootstrap-server address
 PROBE_TIMEOUT_S = 10.0

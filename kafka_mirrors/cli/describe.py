@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.completion import complete_link_names
 
 
 def describe_links_view(registry, link_name: str | None) -> dict:
@@ -105,7 +106,8 @@ def check_options(check: bool, max_lag: int | None) -> None:
 
 def describe(
     ctx: typer.Context,
-    link: Optional[str] = typer.Option(None, "--link", "-l", help="Only this link [default: all links]."),
+    link: Optional[str] = typer.Option(None, "--link", "-l", help="Only this link [default: all links].",
+                                       autocompletion=complete_link_names),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when a mirror is FAILED (or lags more than --max-lag)."),
     max_lag: Optional[int] = typer.Option(None, "--max-lag", metavar="N",

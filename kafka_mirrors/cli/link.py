@@ -12,6 +12,7 @@ import typer
 
 from kafka_mirrors import links as service
 from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.completion import complete_link_names
 from kafka_mirrors.errors import UsageError
 from kafka_mirrors.registry import LINK_OPTIONS, resolve_registry
 
@@ -127,7 +128,7 @@ def list_(
 @app.command("describe")
 def describe(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Link name."),
+    name: str = typer.Argument(..., help="Link name.", autocompletion=complete_link_names),
     output: OutputFormat = OUTPUT,
     timeout: Optional[float] = TIMEOUT,
 ) -> None:
@@ -173,7 +174,7 @@ def describe(
 @app.command("alter")
 def alter(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Link name."),
+    name: str = typer.Argument(..., help="Link name.", autocompletion=complete_link_names),
     config: Optional[List[str]] = typer.Option(None, "--config", "-c", metavar="KEY=VALUE",
                                                help="Set a link option (repeatable)."),
     unset: Optional[List[str]] = typer.Option(None, "--unset", metavar="KEY",
@@ -196,7 +197,7 @@ def alter(
 @app.command("delete")
 def delete(
     ctx: typer.Context,
-    name: str = typer.Argument(..., help="Link name."),
+    name: str = typer.Argument(..., help="Link name.", autocompletion=complete_link_names),
     force: bool = typer.Option(False, "--force", help="Delete even with active or paused mirrors, or when the "
                                                       "destination cannot be checked."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),

@@ -6,6 +6,7 @@ from typing import List, Optional
 import typer
 
 from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.completion import complete_link_names
 from kafka_mirrors.cli.describe import check_options, render_and_check
 
 app = typer.Typer(help="Create, list, describe, pause, resume, promote and fail over mirror topics.", no_args_is_help=True)
@@ -16,7 +17,8 @@ def create(
     ctx: typer.Context,
     topics: List[str] = typer.Argument(..., metavar="TOPIC...", help="Mirror name(s); the destination topic is "
                                        "the link's mirror.topic.prefix + TOPIC."),
-    link: str = typer.Option(..., "--link", "-l", help="The link to mirror over."),
+    link: str = typer.Option(..., "--link", "-l", help="The link to mirror over.",
+                             autocompletion=complete_link_names),
     source_topic: Optional[str] = typer.Option(None, "--source-topic", metavar="SRC",
                                                help="Source topic [default: TOPIC]; only with one TOPIC."),
     config: List[str] = typer.Option([], "--config", "-c", metavar="KEY=VALUE",
@@ -52,7 +54,8 @@ def create(
 @app.command("list")
 def list_(
     ctx: typer.Context,
-    link: Optional[str] = typer.Option(None, "--link", "-l", help="Only this link [default: all links]."),
+    link: Optional[str] = typer.Option(None, "--link", "-l", help="Only this link [default: all links].",
+                                       autocompletion=complete_link_names),
     state: Optional[str] = typer.Option(None, "--state", help="Only mirrors in this state (ACTIVE, PAUSED, "
                                         "PENDING_STOPPED, STOPPED, FAILED)."),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
@@ -88,7 +91,7 @@ def list_(
 def describe(
     ctx: typer.Context,
     topic: str = typer.Argument(..., metavar="TOPIC", help="The mirror (destination topic or mirror name)."),
-    link: str = typer.Option(..., "--link", "-l", help="The mirror's link."),
+    link: str = typer.Option(..., "--link", "-l", help="The mirror's link.", autocompletion=complete_link_names),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when the mirror is FAILED (or lags more than --max-lag)."),
     max_lag: Optional[int] = typer.Option(None, "--max-lag", metavar="N",

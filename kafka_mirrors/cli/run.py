@@ -8,11 +8,13 @@ import threading
 import typer
 
 from kafka_mirrors.cli.application import Application
+from kafka_mirrors.cli.completion import complete_link_names
 
 
 def run(
     ctx: typer.Context,
-    link: str = typer.Option(..., "--link", "-l", help="The link whose ACTIVE mirrors to copy."),
+    link: str = typer.Option(..., "--link", "-l", help="The link whose ACTIVE mirrors to copy.",
+                             autocompletion=complete_link_names),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
 ) -> None:
     """Copy every ACTIVE mirror of a link until SIGINT/SIGTERM.
