@@ -19,6 +19,11 @@ that existed already is left alone and not recorded.
 The link's principal is the link option `link.principal`, else `User:<sasl.username>` of
 the link's destination settings; when it is unknown, no ACLs are managed at all.
 
+Whether the destination has an authorizer is its broker config `authorizer.class.name`
+(kafka/acls.py: Kafka 4.x answers DescribeAcls without one with an empty list). An ACL
+call answered SECURITY_DISABLED means no authorizer too: nothing is made, nothing fails,
+and the operator is told once that read-only ACLs are not enforced.
+
 Kafka answers DescribeAcls from a principal without DESCRIBE on the cluster with an empty
 list, not an error. So after creating the link's ALLOW, the binding must show up in
 DescribeAcls: if it does not, the ACLs cannot be read and the mirror would silently stay
@@ -34,6 +39,12 @@ from kafka_mirrors.kafka import acls as ka
 from kafka_mirrors.kafka.acls import Acl
 
 WRITERS_OPS = ("WRITE", "ALL")
+
+
+class Info(str):
+    """A note that is information, not a warning (the CLI prints it without 'warning:')."""
+
+
 VISIBLE_WAIT_S = 5.0
 EVERYONE = "User:*"
 
@@ -150,6 +161,7 @@ class ReadOnlyAcls:
         self.admin = admin
         self.principal = link_principal(link)
         self._authorizer: bool | None = None
+        self._told = False  # the no-authorizer note was given by make_read_only
 
     def authorizer(self) -> bool:
         if self._authorizer is None:
@@ -160,9 +172,30 @@ class ReadOnlyAcls:
         """Both a known principal and an authorizer: only then are ACLs managed."""
         return bool(self.principal) and self.authorizer()
 
+    def _no_authorizer(self) -> str | None:
+        """The cluster answered an ACL call with SECURITY_DISABLED: from now on it has no
+        authorizer. Returns the note to show, the first time only."""
+        self._authorizer = False
+        if self._told:
+            return None
+        self._told = True
+        return self.no_authorizer_note()
+
+    def no_authorizer_note(self) -> Info | None:
+        """Where the link has a principal (so ACLs were expected) but the destination has
+        no authorizer; the caller has checked `authorizer()`."""
+        if not self.principal:
+            return None
+        return Info(f"read-only ACLs are not enforced: the {self.admin.label} has no authorizer "
+                    f"({ka.AUTHORIZER_CONFIG} is not set), so any client can write to the mirror topics")
+
     def note(self) -> str | None:
-        """What an operator should know when no ACLs are managed though they could be."""
-        if not self.principal and self.authorizer():
+        """What an operator should know about the ACLs of this link's mirrors, if anything:
+        none are managed though they could be, or they cannot be (no authorizer). The
+        same answer each time it is asked: the caller says it once."""
+        if self.principal:
+            return None if self.authorizer() else self.no_authorizer_note()
+        if self.authorizer():
             return ("the destination has an authorizer but the link's principal is unknown (no link.principal "
                     "option, no sasl.username): no read-only ACLs are set, so principals allowed to write to "
                     f"the mirror topics can write to them; set it with 'kafka-mirrors link alter {self.link.name} "
@@ -175,7 +208,12 @@ class ReadOnlyAcls:
         that would stop the link's own writes is a conflict."""
         if not self.managed():
             return
-        blocking = blocking_denies(topic, self.principal, ka.topic_acls(self.admin), list(recorded))
+        try:
+            existing = ka.topic_acls(self.admin)
+        except ka.NoAuthorizer:
+            self._authorizer = False
+            return
+        blocking = blocking_denies(topic, self.principal, existing, list(recorded))
         if blocking:
             raise ConflictError(
                 f"the link's principal {self.principal} is denied writing to '{topic}' by an ACL that "
@@ -192,10 +230,10 @@ class ReadOnlyAcls:
         if not self.managed():
             return recorded, changes
         allow = link_allow(topic, self.principal)
-        if existing is None or allow not in existing:
-            existing = ka.topic_acls(self.admin)
         made: list[Acl] = []
         try:
+            if existing is None or allow not in existing:
+                existing = ka.topic_acls(self.admin)
             if allow not in existing:
                 ka.create(self.admin, [allow])
                 made.append(allow)
@@ -213,6 +251,11 @@ class ReadOnlyAcls:
             deleted = ka.delete(self.admin, to_delete)
             if to_create or to_delete:
                 self._wait_applied(to_create, to_delete)
+        except ka.NoAuthorizer:
+            # SECURITY_DISABLED: nothing was made (no ACL call succeeds on such a cluster)
+            note = self._no_authorizer()
+            changes.warnings = [note] if note else []
+            return recorded, changes
         except KafkaMirrorsError:
             try:
                 ka.delete(self.admin, made)
@@ -267,6 +310,9 @@ class ReadOnlyAcls:
             changes.deleted = ka.delete(self.admin, to_delete)
             recorded = [a for a in recorded if a not in to_delete]
             self._wait_applied(to_create, to_delete)
+        except ka.NoAuthorizer:
+            self._authorizer = False
+            return [], AclChanges()  # as above: nothing can be lifted, nothing fences
         except KafkaMirrorsError as exc:
             raise AclStepError(f"ACLs of '{topic}' only partly changed: {exc.message}", exc.hint,
                                recorded, changes) from None

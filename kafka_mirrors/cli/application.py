@@ -46,6 +46,11 @@ class Application:
     def warn(self, message: str) -> None:
         self.err.print(f"warning: {message}")
 
+    def note(self, message: str) -> None:
+        """A service's note: a warning, unless the service marked it information."""
+        from kafka_mirrors.readonly import Info
+        (self.info if isinstance(message, Info) else self.warn)(message)
+
     def abort(self, message: str, code: int = 1, hint: str | None = None) -> NoReturn:
         self.err.print(f"error: {message}" + (f"; {hint}" if hint else ""))
         raise typer.Exit(code)

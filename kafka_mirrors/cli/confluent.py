@@ -574,7 +574,7 @@ def _failback_notes(a: Application, view: dict) -> None:
     if rev.get("created"):
         a.info(f"created link {rev['name']} ({rev['source']} -> {rev['destination']})")
     for note in view.get("notes") or []:
-        a.warn(note)
+        a.note(note)
     for cmd in view.get("next") or []:
         a.info(f"next: {cmd}")
 

@@ -50,7 +50,7 @@ def _finish(a: Application, rows: list[dict], output: OutputFormat, text, view: 
     view = {"topics": rows} if view is None else view
     a.render(output, view, text)
     for n in view.get("notes") or []:
-        a.warn(n)
+        a.note(n)
     for r in rows:
         if not r["ok"]:
             a.err.print(f"error: {r['error']}")

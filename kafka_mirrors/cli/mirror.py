@@ -48,7 +48,7 @@ def create(
         for acl in from_json(rec.acls):
             app_.print(f"  read-only: created ACL {acl}")
     for note in notes:
-        app_.warn(note)
+        app_.note(note)
 
 
 @app.command("list")

@@ -8,6 +8,10 @@ create is never matched by a delete.
 
 Kafka's own words: a binding is (resource type, name, pattern type, principal, host,
 operation, permission). `ResourceType.BROKER` is what librdkafka calls Kafka's CLUSTER.
+
+Whether a cluster has an authorizer is read from the broker config `authorizer.class.name`
+(DescribeConfigs): Kafka 4.x answers DescribeAcls on a cluster without one with an empty
+list, not SECURITY_DISABLED, so an answer to DescribeAcls proves nothing.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from confluent_kafka.admin import (
     AclBindingFilter,
     AclOperation,
     AclPermissionType,
+    ConfigResource,
     ResourcePatternType,
     ResourceType,
 )
@@ -77,8 +82,11 @@ class Acl:
         return f"{self.permission} {self.operation} {self.principal} on {self.resource.lower()} {where}"
 
 
+AUTHORIZER_CONFIG = "authorizer.class.name"
+
+
 class NoAuthorizer(KafkaOperationError):
-    """The cluster answers ACL requests with SECURITY_DISABLED: it has no authorizer."""
+    """The cluster answers an ACL request with SECURITY_DISABLED: it has no authorizer."""
 
 
 def _acl_error(exc: KafkaException, what: str, admin: Admin) -> KafkaMirrorsError:
@@ -116,12 +124,22 @@ def topic_acls(admin: Admin) -> list[Acl]:
 
 
 def has_authorizer(admin: Admin) -> bool:
-    """True when the cluster has an authorizer (DescribeAcls is not SECURITY_DISABLED)."""
+    """True when the cluster's brokers have an authorizer: the broker config
+    `authorizer.class.name` of one broker (the one describe cluster names first) is set.
+    It is a static config, so every broker of a cluster normally agrees. A principal
+    refused DescribeConfigs on the cluster is itself proof of an authorizer."""
+    nodes = sorted(admin.describe_cluster().nodes, key=lambda n: n.id)
+    if not nodes:
+        raise KafkaOperationError(f"describe cluster on {admin.label} named no broker")
+    resource = ConfigResource(ResourceType.BROKER, str(nodes[0].id))
+    future = admin.client.describe_configs([resource], request_timeout=admin.timeout)[resource]
+    what = f"reading the broker config {AUTHORIZER_CONFIG}"
     try:
-        topic_acls(admin)
-    except NoAuthorizer:
-        return False
-    return True
+        configs = _await(admin, future, what)
+    except KafkaAuthError:
+        return True  # without an authorizer nothing is ever refused
+    entry = configs.get(AUTHORIZER_CONFIG)
+    return bool(entry is not None and (entry.value or "").strip())
 
 
 def create(admin: Admin, acls: list[Acl]) -> None:

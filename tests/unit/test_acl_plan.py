@@ -3,14 +3,18 @@ ReadOnlyAcls against an in-memory ACL table standing in for the destination's au
 (the three ACL calls of kafka_mirrors/kafka/acls.py are replaced)."""
 from __future__ import annotations
 
+import concurrent.futures
 from types import SimpleNamespace
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import ConfigEntry, ResourceType
 
 from kafka_mirrors import readonly as ro
 from kafka_mirrors.errors import ConflictError, KafkaAuthError, KafkaOperationError
 from kafka_mirrors.kafka import acls as ka
 from kafka_mirrors.kafka.acls import Acl
+from kafka_mirrors.kafka.admin import Admin
 from kafka_mirrors.state import ACTIVE, STOPPED, MirrorRecord
 
 T = "orders"
@@ -152,7 +156,57 @@ def authz(monkeypatch):
     fake = FakeAuthorizer()
     for name in ("topic_acls", "create", "delete"):
         monkeypatch.setattr(ka, name, getattr(fake, name))
+    # what the broker config authorizer.class.name says (Kafka 4.x: not DescribeAcls)
+    monkeypatch.setattr(ka, "has_authorizer", lambda admin: fake.configured)
+    fake.configured = True
     return fake
+
+
+class FakeAdminClient:
+    """describe_cluster / describe_configs as confluent-kafka's AdminClient answers them."""
+
+    def __init__(self, authorizer_class=None, refuse=None):
+        self.authorizer_class = authorizer_class
+        self.refuse = refuse
+        self.asked: list[tuple] = []
+
+    @staticmethod
+    def _done(value=None, exc=None):
+        f = concurrent.futures.Future()
+        f.set_exception(exc) if exc else f.set_result(value)
+        return f
+
+    def describe_cluster(self, request_timeout):
+        return self._done(SimpleNamespace(cluster_id="c", nodes=[SimpleNamespace(id=3), SimpleNamespace(id=1)]))
+
+    def describe_configs(self, resources, request_timeout):
+        (r,) = resources
+        self.asked.append((r.restype, r.name))
+        if self.refuse is not None:
+            return {r: self._done(exc=KafkaException(KafkaError(self.refuse)))}
+        entries = {"broker.id": ConfigEntry("broker.id", r.name)}
+        if self.authorizer_class is not None:
+            entries[ka.AUTHORIZER_CONFIG] = ConfigEntry(ka.AUTHORIZER_CONFIG, self.authorizer_class)
+        return {r: self._done(entries)}
+
+
+def _admin(client) -> Admin:
+    admin = Admin.__new__(Admin)
+    admin.label, admin.timeout, admin.client, admin._errors = "destination cluster x:1", 0.3, client, []
+    return admin
+
+
+def test_has_authorizer_reads_the_broker_config_not_describe_acls():
+    # Kafka 4.1 without an authorizer: DescribeAcls answers [], the broker config is empty
+    for value in ("", None):
+        client = FakeAdminClient(value)
+        assert ka.has_authorizer(_admin(client)) is False
+        assert client.asked == [(ResourceType.BROKER, "1")]  # the lowest broker id
+    assert ka.has_authorizer(_admin(FakeAdminClient("org.apache.kafka.metadata.authorizer.StandardAuthorizer")))
+    # only an authorizer refuses DescribeConfigs on the cluster
+    assert ka.has_authorizer(_admin(FakeAdminClient(refuse=KafkaError.CLUSTER_AUTHORIZATION_FAILED)))
+    with pytest.raises(KafkaOperationError, match="reading the broker config authorizer.class.name"):
+        ka.has_authorizer(_admin(FakeAdminClient(refuse=KafkaError.INVALID_REQUEST)))
 
 
 def test_link_principal_from_option_then_sasl_username():
@@ -187,14 +241,39 @@ def test_make_read_only_undoes_the_allow_when_a_deny_fails(authz):
 
 
 def test_no_acls_without_authorizer_or_principal(authz):
-    authz.enabled = False
+    authz.enabled = authz.configured = False
     ro_ = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    ro_.check(T)
     assert ro_.make_read_only(T) == ([], ro.AclChanges())
-    assert ro_.note() is None
-    authz.enabled, authz.calls = True, []
+    assert authz.calls == []  # no ACL call at all
+    note = ro_.note()
+    assert isinstance(note, ro.Info) and "read-only ACLs are not enforced" in note and "no authorizer" in note
+    assert ro_.note() == note  # the same answer each time: mirror create says it once
+    assert ro.ReadOnlyAcls(FakeLink(username=None), ADMIN).note() is None  # no principal: nothing expected
+    authz.enabled = authz.configured = True
+    authz.calls = []
     unknown = ro.ReadOnlyAcls(FakeLink(username=None), ADMIN)
     assert unknown.make_read_only(T)[0] == [] and authz.calls == []
     assert "link's principal is unknown" in unknown.note() and "link.principal=User:NAME" in unknown.note()
+
+
+def test_security_disabled_from_create_acls_means_no_authorizer(authz):
+    authz.enabled = False  # the broker config said yes, CreateAcls says SECURITY_DISABLED
+    r = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    kept, changes = r.make_read_only(T, existing=[])
+    assert kept == [] and changes.created == [] and len(changes.warnings) == 1
+    assert "read-only ACLs are not enforced" in changes.warnings[0]
+    assert r.managed() is False  # no ACL call any more, and the note is not repeated
+    authz.calls = []
+    assert r.make_read_only("payments") == ([], ro.AclChanges()) and authz.calls == []
+    assert r.release_and_fence(T, []) == ([], ro.AclChanges())
+
+
+def test_security_disabled_from_describe_acls_means_no_authorizer(authz):
+    authz.enabled = False  # a Kafka before 4.0 answers DescribeAcls so
+    r = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    r.check(T)
+    assert r.managed() is False
 
 
 def test_check_refuses_a_foreign_deny_of_the_link(authz):
