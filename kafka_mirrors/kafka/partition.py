@@ -202,10 +202,10 @@ class SourceFeed:
     # bytes buffered for all partitions of this feed: past it, pump() takes nothing more
     # from librdkafka, whose own prefetch queue is bounded too (queued.max.messages.kbytes
     # applies to the consumer's one queue, whatever the number of partitions)
-    MAX_BUFFERED_BYTES = 64 * 1024 * 1024
+    MAX_BUFFERED_BYTES = 32 * 1024 * 1024
 
     def __init__(self, conf: Mapping[str, object], label: str, batch: int = 5000,
-                 queue_kbytes: int = 64 * 1024):
+                 queue_kbytes: int = 32 * 1024):
         self.label = label
         self.batch = batch
         self.conf = dict(conf)
@@ -218,7 +218,7 @@ class SourceFeed:
             "isolation.level": "read_committed",
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
-            "fetch.max.bytes": 64 * 1024 * 1024,
+            "fetch.max.bytes": 32 * 1024 * 1024,
             # A fetch response queues each partition's records as one run; runs of 4 MiB
             # (not 16) keep the partitions interleaved, so one pump() fills the buffers
             # evenly and a buffer rarely reaches MAX_BUFFERED (a pause makes librdkafka
@@ -497,7 +497,7 @@ class SinkProducers:
     IDLE_CLOSE_S = 60.0
 
     def __init__(self, conf: Mapping[str, object], link: str, label: str,
-                 delivery_timeout_ms: int = 30000, queue_kbytes: int = 64 * 1024):
+                 delivery_timeout_ms: int = 30000, queue_kbytes: int = 32 * 1024):
         self.conf = dict(conf)
         self.link = link
         self.label = label
