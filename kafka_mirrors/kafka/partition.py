@@ -182,6 +182,7 @@ class _Buffer:
     paused: bool = False
     error: Exception | None = None  # a fetch error of this partition, raised by its next take()
     news: bool = False  # an end of partition seen since the last take()
+    last_offset: int | None = None  # offset of the newest message buffered since assignment
 
 
 def _record_size(m) -> int:
@@ -285,6 +286,7 @@ class SourceFeed:
                 buf.bytes += size * (i - start)
                 added += size * (i - start)
                 buf.end_offset = None
+                buf.last_offset = msgs[i - 1].offset()
             topic, partition, start = m.topic(), m.partition(), i
             buf = buffers.get((topic, partition))
             if err is not None:
@@ -304,6 +306,7 @@ class SourceFeed:
             buf.bytes += size * (len(msgs) - start)
             added += size * (len(msgs) - start)
             buf.end_offset = None
+            buf.last_offset = msgs[-1].offset()
         self.buffered_bytes += added
         for key, buf in buffers.items():
             if not buf.paused and (buf.count >= self.MAX_BUFFERED or buf.bytes >= self.MAX_PARTITION_BYTES):
@@ -351,11 +354,18 @@ class SourceFeed:
             buf.paused = False
         end = buf.end_offset if not buf.count else None
         hw = None
-        if end is not None:
+        if not buf.count:
             # the high watermark from the last fetch response: tells the copier whether an
             # open transaction lies beyond the last stable offset
             hw = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)[1]
             hw = hw if hw >= 0 else None
+            if end is None and hw is not None and buf.last_offset is not None and hw == buf.last_offset + 1:
+                # The response that brought the newest record says the log ends right after
+                # it. read_committed delivered that record, so it lies below the last stable
+                # offset: LSO == high watermark == its offset + 1. That proves the end as a
+                # PARTITION_EOF would, without waiting for the next (empty) fetch, which never
+                # comes when the source dies now: the held record is written, not reported lost.
+                end = hw
         return FetchResult(recs, end, hw)
 
     def close(self) -> None:

@@ -64,6 +64,7 @@ class FakeConsumer:
         self.queue: list[Msg] = []
         self.paused: list = []
         self.resumed: list = []
+        self.high_watermarks: dict = {}  # (topic, partition) -> the last fetch response's
 
     def incremental_assign(self, tps):
         pass
@@ -85,7 +86,7 @@ class FakeConsumer:
         self.resumed += [(tp.topic, tp.partition) for tp in tps]
 
     def get_watermark_offsets(self, tp, cached=True):
-        return (0, 1000)
+        return (0, self.high_watermarks.get((tp.topic, tp.partition), 1000))
 
 
 def feed(batch: int = 5000) -> tuple[SourceFeed, FakeConsumer]:
@@ -117,6 +118,29 @@ def test_feed_splits_interleaved_partitions_and_keeps_eof_positions():
     a1 = f.take("a", 1, 100, 0)
     assert offsets(a1) == [3, 4, 5] and a1.end_offset is None
     assert all(isinstance(r.records, MessageRecords) for r in (a0, b0, a1))
+
+
+def test_a_fetch_response_ending_right_after_its_last_record_proves_the_end_without_an_eof():
+    # issue 11: the source died after the response that brought the last records, before
+    # the next (empty) fetch that would carry PARTITION_EOF; the held record must still go
+    f, c = feed()
+    f.add("a", 0, 0)
+    f.add("a", 1, 0)
+    c.high_watermarks = {("a", 0): 3, ("a", 1): 9}
+    c.queue = [Msg("a", 0, 0), Msg("a", 0, 1), Msg("a", 0, 2), Msg("a", 1, 4)]
+    f.pump(0)
+    a0 = f.take("a", 0, 100, 0)
+    assert offsets(a0) == [0, 1, 2]
+    again = f.take("a", 0, 100, 0)  # the copier's next, idle, step
+    assert offsets(again) == [] and again.end_offset == 3 and again.high_watermark == 3
+    # more lies beyond the newest record (or an open transaction): nothing is proven
+    a1 = f.take("a", 1, 100, 0)
+    assert offsets(a1) == [4] and a1.end_offset is None
+    assert f.take("a", 1, 100, 0).end_offset is None
+    # a partition with no record seen since it was assigned proves nothing either
+    f.add("a", 2, 0)
+    c.high_watermarks[("a", 2)] = 1
+    assert f.take("a", 2, 100, 0).end_offset is None
 
 
 def test_feed_take_splits_slices_at_max_records_and_pauses_a_full_partition():
