@@ -33,7 +33,7 @@ import time
 import uuid
 
 from kafka_mirrors import state as st
-from kafka_mirrors.errors import KafkaMirrorsError
+from kafka_mirrors.errors import ConflictError, KafkaMirrorsError
 from kafka_mirrors.kafka.admin import Admin
 from kafka_mirrors.worker.autocreate import AutoCreator
 from kafka_mirrors.worker.jobs import Jobs
@@ -45,6 +45,7 @@ log = logging.getLogger("kafka_mirrors.worker")
 HEARTBEAT_S = 2.0
 PROGRESS_S = 5.0
 FOLLOW_WAIT_S = 0.1
+RETRY_WRITE_S = 2.0  # a failed write of acknowledgements or FAILED is tried again after this
 # Source calls made by the worker wait at most this long: a failover waits a few seconds
 # for acknowledgements, and the source may be the cluster that is gone.
 SOURCE_CALL_S = 2.0
@@ -74,6 +75,10 @@ class Worker:
             if link.option("auto.create.mirror.topics.enable") else None
         self.jobs = Jobs(self)
         self._acks: list[str] = []
+        self._acks_retry_at = 0.0  # after a failed write of acknowledgements
+        # mirror -> (partition, offset, message) of a failure not yet recorded in the store
+        self._failing: dict[str, tuple[int | None, int | None, str]] = {}
+        self._fails_retry_at = 0.0
         self._written: dict[str, dict] = {}  # mirror -> the progress last written
         self._view_serial = -1
 
@@ -95,6 +100,7 @@ class Worker:
             while not stop.is_set():
                 self._follow_state(follower, FOLLOW_WAIT_S)
                 self._events()
+                self._record_failures()
                 self._watch_source()
                 now = time.monotonic()
                 if now >= next_progress or self.plane.view_serial != self._view_serial and not self.source.ok:
@@ -130,6 +136,8 @@ class Worker:
     def _reconcile(self, rec: st.MirrorRecord) -> None:
         self.known[rec.topic] = rec
         running = rec.topic in self.running
+        if rec.state == st.ACTIVE and rec.topic in self._failing:
+            return  # its copy failed: FAILED goes over this record (_record_failures)
         if rec.state == st.ACTIVE and not running:
             self.running.add(rec.topic)
             self.plane.inbox.put(Command("start", rec.topic, record=rec))
@@ -174,7 +182,7 @@ class Worker:
                 self._suspect_source(why)
 
     def _flush_acks(self) -> None:
-        if not self._acks:
+        if not self._acks or time.monotonic() < self._acks_retry_at:
             return
         topics, self._acks = sorted(set(self._acks)), []
         # the stopped mirrors' last progress first: failover reads the last known source
@@ -183,15 +191,46 @@ class Worker:
         try:
             self.store.ack_many(topics, self.worker_id, "stopped")
         except KafkaMirrorsError as exc:
-            log.warning("[%s] stop of %s not acknowledged: %s", self.link.name, ", ".join(topics), exc)
+            # kept and written again: a failover waits for it (and names this worker if
+            # the store stays unwritable past its bound)
+            self._acks = topics + self._acks
+            self._acks_retry_at = time.monotonic() + RETRY_WRITE_S
+            log.warning("[%s] stop of %s not acknowledged yet (again in %.0f s): %s", self.link.name,
+                        ", ".join(topics), RETRY_WRITE_S, exc)
 
     def _fail(self, topic: str, partition: int | None, offset: int | None, msg: str) -> None:
-        try:
-            self.store.set_state(topic, st.FAILED, reason=msg,
-                                 failed={"partition": partition, "offset": offset, "message": msg})
-        except KafkaMirrorsError as exc:
-            # the copy of it has stopped; the next start of the worker finds it again
-            log.error("[%s/%s] FAILED not recorded: %s", self.link.name, topic, exc)
+        """The copy of `topic` has stopped on a failure: record FAILED, but only over the
+        ACTIVE record this worker copied from (a pause or failover that landed meanwhile
+        wins: the mirror is not copied either way). Until the store has it, the failure is
+        kept, shown in the heartbeat, and written again."""
+        self._failing[topic] = (partition, offset, msg)
+        self.errors[topic] = f"FAILED, not recorded yet: {msg}"
+        self._fails_retry_at = 0.0
+        self._record_failures()
+
+    def _record_failures(self) -> None:
+        if not self._failing or time.monotonic() < self._fails_retry_at:
+            return
+        for topic, (partition, offset, msg) in list(self._failing.items()):
+            rec = self.known.get(topic)
+            if rec is None or rec.state != st.ACTIVE:
+                log.warning("[%s/%s] copy failed (%s), but the mirror is %s now: not marked FAILED",
+                            self.link.name, topic, msg, rec.state if rec else "gone")
+                del self._failing[topic]
+                self.errors.pop(topic, None)
+                continue
+            try:
+                self.store.set_state(topic, st.FAILED, reason=msg, current=rec,
+                                     failed={"partition": partition, "offset": offset, "message": msg})
+            except ConflictError as exc:
+                log.warning("[%s/%s] copy failed (%s), not marked FAILED: %s", self.link.name, topic, msg, exc)
+            except KafkaMirrorsError as exc:
+                self._fails_retry_at = time.monotonic() + RETRY_WRITE_S
+                log.error("[%s/%s] FAILED not recorded yet (again in %.0f s): %s", self.link.name, topic,
+                          RETRY_WRITE_S, exc)
+                continue
+            del self._failing[topic]
+            self.errors.pop(topic, None)
 
     def _create_mirror(self, topic: str) -> None:
         from kafka_mirrors.mirrors import create_mirrors

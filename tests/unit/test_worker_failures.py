@@ -1,0 +1,130 @@
+"""The worker's control loop records a copy failure as FAILED only over the ACTIVE record it
+copied from, keeps a failure (and acknowledgements) it could not write and writes them
+again, and never starts a mirror whose failure is still unrecorded (issue 11: `_fail`
+dropped the failure when the store write failed, and wrote FAILED over a failover's
+PENDING_STOPPED)."""
+from __future__ import annotations
+
+import logging
+import queue
+
+import pytest
+
+from kafka_mirrors import state as st
+from kafka_mirrors.errors import ConflictError, KafkaUnavailableError
+from kafka_mirrors.worker import loop
+
+
+class FakeStore:
+    """set_state compares `current` with the store's newest record, as StateStore does."""
+
+    def __init__(self, records: dict[str, st.MirrorRecord]):
+        self.records = dict(records)
+        self.down = False
+        self.writes: list[tuple[str, str]] = []
+        self.acks: list[list[str]] = []
+
+    def set_state(self, topic, state, reason=None, *, current=None, **fields):
+        if self.down:
+            raise KafkaUnavailableError("destination cluster did not answer")
+        found = self.records[topic]
+        if current is not None and found.state != current.state:
+            raise ConflictError(f"mirror '{topic}' is {found.state} now")
+        self.records[topic] = st.MirrorRecord.from_json({**found.to_json(), "state": state, "reason": reason})
+        self.writes.append((topic, state))
+        return self.records[topic]
+
+    def ack_many(self, topics, worker_id, what):
+        if self.down:
+            raise KafkaUnavailableError("destination cluster did not answer")
+        self.acks.append(list(topics))
+
+
+def record(topic: str, state: str) -> st.MirrorRecord:
+    return st.MirrorRecord.from_json({"link": "dr", "topic": topic, "source_topic": topic, "state": state,
+                                      "partitions": 1, "updated_at": 1.0})
+
+
+class FakePlane:
+    def __init__(self):
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+
+
+class FakeLink:
+    name = "dr"
+
+
+def worker(store: FakeStore, known: dict[str, st.MirrorRecord]) -> loop.Worker:
+    w = loop.Worker.__new__(loop.Worker)
+    w.link, w.worker_id, w.store = FakeLink(), "w1", store
+    w.known, w.running, w.errors = dict(known), set(), {}
+    w.plane = FakePlane()
+    w._acks, w._acks_retry_at, w._failing, w._fails_retry_at = [], 0.0, {}, 0.0
+    w._write_progress = lambda: None
+    return w
+
+
+def test_a_failure_is_recorded_over_the_active_record_it_copied_from():
+    store = FakeStore({"t": record("t", st.ACTIVE)})
+    w = worker(store, {"t": store.records["t"]})
+    w._fail("t", 0, 42, "another writer wrote into the mirror")
+    assert store.records["t"].state == st.FAILED and w._failing == {} and w.errors == {}
+
+
+def test_a_failure_not_written_is_kept_shown_and_written_again(monkeypatch):
+    store = FakeStore({"t": record("t", st.ACTIVE)})
+    w = worker(store, {"t": store.records["t"]})
+    store.down = True
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    w._fail("t", 0, 42, "boom")
+    assert store.records["t"].state == st.ACTIVE
+    assert "t" in w._failing and w.errors["t"] == "FAILED, not recorded yet: boom"
+    # the follower brings the ACTIVE record again: the failed mirror is not started again
+    w._reconcile(store.records["t"])
+    assert w.plane.inbox.empty() and "t" not in w.running
+    store.down = False
+    w._record_failures()  # too early: waits RETRY_WRITE_S
+    assert store.records["t"].state == st.ACTIVE
+    clock[0] += loop.RETRY_WRITE_S
+    w._record_failures()
+    assert store.records["t"].state == st.FAILED and w._failing == {} and "t" not in w.errors
+
+
+def test_a_failover_that_landed_first_wins_over_the_failure(caplog):
+    store = FakeStore({"t": record("t", st.ACTIVE)})
+    w = worker(store, {"t": store.records["t"]})
+    # the failover's PENDING_STOPPED is in the store, the worker has not seen it yet
+    store.records["t"] = record("t", st.PENDING_STOPPED)
+    with caplog.at_level(logging.WARNING):
+        w._fail("t", 0, 1, "boom")
+    assert store.records["t"].state == st.PENDING_STOPPED and store.writes == []
+    assert w._failing == {} and "not marked FAILED" in caplog.text
+    # and once the worker sees it: acknowledged, never FAILED
+    w._reconcile(store.records["t"])
+    assert store.acks == [["t"]]
+
+
+@pytest.mark.parametrize("state", [st.PAUSED, st.PENDING_STOPPED])
+def test_a_failure_of_a_mirror_known_to_be_stopping_is_dropped(state):
+    store = FakeStore({"t": record("t", state)})
+    w = worker(store, {"t": store.records["t"]})
+    w._fail("t", 0, 1, "boom")
+    assert store.writes == [] and w._failing == {}
+
+
+def test_acknowledgements_not_written_are_written_again(monkeypatch):
+    store = FakeStore({"t": record("t", st.PENDING_STOPPED)})
+    w = worker(store, {})
+    clock = [5.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    store.down = True
+    w._acks = ["t"]
+    w._flush_acks()
+    assert store.acks == [] and w._acks == ["t"]
+    store.down = False
+    w._flush_acks()
+    assert store.acks == []  # not before RETRY_WRITE_S
+    clock[0] += loop.RETRY_WRITE_S
+    w._flush_acks()
+    assert store.acks == [["t"]] and w._acks == []
