@@ -34,7 +34,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from kafka_mirrors.errors import KafkaOperationError
+from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
 from kafka_mirrors.replication.interfaces import (
@@ -62,6 +62,19 @@ def _quiet(conf: Mapping[str, object]) -> dict:
 
 # ---------------------------------------------------------------- offsets
 
+RETRY_OFFSETS_S = 0.2  # wait before asking again after a retriable ListOffsets error
+
+
+RETRIABLE_OFFSETS_CODES = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_LEADER_EPOCH,
+    KafkaError.FENCED_LEADER_EPOCH, KafkaError.OFFSET_NOT_AVAILABLE, KafkaError.REQUEST_TIMED_OUT,
+})
+
+
+class _AskAgain(Exception):
+    pass
+
+
 class OffsetReader:
     """ListOffsets for one cluster."""
 
@@ -72,13 +85,36 @@ class OffsetReader:
 
     def offsets(self, tps: Sequence[tuple[str, int]], spec: OffsetSpec,
                 isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED) -> dict[tuple[str, int], int]:
-        req = {TopicPartition(t, p): spec for t, p in tps}
-        futures = self.admin.list_offsets(req, isolation_level=isolation, request_timeout=self.timeout)
         out = {}
-        for tp, fut in futures.items():
-            out[(tp.topic, tp.partition)] = await_result(fut, f"list offsets of {tp.topic}-{tp.partition}",
-                                                         self.label, self.timeout).offset
+        pending = list(tps)
+        deadline = time.monotonic() + self.timeout
+        while pending:
+            req = {TopicPartition(t, p): spec for t, p in pending}
+            futures = self.admin.list_offsets(req, isolation_level=isolation, request_timeout=self.timeout)
+            pending = []
+            for tp, fut in futures.items():
+                try:
+                    out[(tp.topic, tp.partition)] = self._result(fut, tp, deadline)
+                except _AskAgain:
+                    pending.append((tp.topic, tp.partition))
+            if pending:
+                time.sleep(RETRY_OFFSETS_S)
         return out
+
+    def _result(self, fut, tp: TopicPartition, deadline: float) -> int:
+        what = f"list offsets of {tp.topic}-{tp.partition}"
+        try:
+            return fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            # a leader moving, or a broker behind on metadata (UNKNOWN_LEADER_EPOCH under
+            # load): asked again within the timeout rather than failing the partition
+            if isinstance(err, KafkaError) and (err.code() in RETRIABLE_OFFSETS_CODES or err.retriable()) \
+                    and time.monotonic() + RETRY_OFFSETS_S < deadline:
+                raise _AskAgain() from None
+        except Exception:  # noqa: BLE001 - await_result below types it
+            pass
+        return await_result(fut, what, self.label, 0.1).offset
 
     def log_start_offset(self, topic: str, partition: int) -> int:
         return self.offsets([(topic, partition)], OffsetSpec.earliest())[(topic, partition)]
@@ -99,8 +135,13 @@ class OffsetReader:
         first = [self.admin.list_offsets({tp: spec}, isolation_level=iso, request_timeout=self.timeout)
                  for spec, iso in ((OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED),
                                    (OffsetSpec.latest(), IsolationLevel.READ_COMMITTED))]
-        start, stable = (await_result(next(iter(f.values())), what, self.label, self.timeout).offset
-                         for f in first)
+        try:
+            start, stable = (await_result(next(iter(f.values())), what, self.label, self.timeout).offset
+                             for f in first)
+        except KafkaMirrorsError:
+            # asked again one at a time, each retried on a retriable error
+            start = self.log_start_offset(topic, partition)
+            stable = self.last_stable_offset(topic, partition)
         end = self.log_end_offset(topic, partition)
         return SourceOffsets(log_start_offset=start, last_stable_offset=stable, high_watermark=end)
 

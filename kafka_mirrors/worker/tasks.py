@@ -118,6 +118,8 @@ class _Mirror:
     error: str | None = None             # the last error that backed it off
     partitions: int = 0                  # the destination's partitions as the producer knows them
     new_partitions_at: float = 0.0       # when to look again whether the producer knows new ones
+    starts_at: float = 0.0               # a partition start failed: the next start not before
+    start_backoff: float = BACKOFF_MIN_S
 
 
 class CopyPlane:
@@ -290,7 +292,7 @@ class CopyPlane:
         deadline = now + START_BUDGET_S
         interval = None
         for topic, m in list(self.mirrors.items()):
-            if m.stopping or m.restart_at is not None:
+            if m.stopping or m.restart_at is not None or now < m.starts_at:
                 continue
             try:
                 if not m.prepared:
@@ -300,8 +302,15 @@ class CopyPlane:
                     if p >= m.partitions and not self._producer_knows(m, p):
                         break  # added a moment ago: the next turns look again
                     interval = interval or self._idle_interval()
-                    self._start_partition(m, p, interval)
+                    try:
+                        self._start_partition(m, p, interval)
+                    except (KafkaMirrorsError, KafkaException) as exc:
+                        if isinstance(exc, (PartitionFailed, NotFoundError, SourceTopicChanged)) or not m.tasks:
+                            raise
+                        self._start_later(m, p, exc)
+                        break
                     m.to_start.pop(0)
+                    m.start_backoff = BACKOFF_MIN_S
                     if time.monotonic() > deadline:
                         return
             except PartitionFailed as exc:
@@ -315,6 +324,17 @@ class CopyPlane:
                 self._back_off(m, f"cannot start: unexpected {type(exc).__name__}: {exc}")
             if time.monotonic() > deadline:
                 return
+
+    def _start_later(self, m: _Mirror, p: int, exc: Exception) -> None:
+        """A partition of a mirror that copies already could not start (a broker behind on
+        metadata, a leader moving): that partition goes last and starts are held back
+        briefly; the mirror's running partitions copy on (a whole-mirror back-off would
+        start them all over, which at 100 partitions a mirror fed the very errors it met)."""
+        m.to_start.append(m.to_start.pop(0))
+        m.starts_at = time.monotonic() + m.start_backoff
+        log.warning("[%s/%s-p%d] cannot start (%s); starts of the mirror resume in %.0f s, its other "
+                    "partitions copy on", self.name, m.record.topic, p, exc, m.start_backoff)
+        m.start_backoff = min(m.start_backoff * 2, BACKOFF_MAX_S)
 
     def _prepare(self, m: _Mirror) -> None:
         rec = m.record

@@ -323,3 +323,47 @@ def test_forget_detaches_reports_still_to_come_from_a_new_copier_of_the_partitio
     assert sink.take_confirmations("mirror", 0).count == 0
     fake.callbacks[1](None, Delivered(0))
     assert sink.take_confirmations("mirror", 0) == Reports(1, 0, ())
+
+
+class FakeOffsetsAdmin:
+    """list_offsets answering each partition with the errors queued for it, then an offset."""
+
+    def __init__(self, errors: dict, offset: int = 20):
+        self.errors, self.offset, self.calls = errors, offset, 0
+
+    def list_offsets(self, req, isolation_level=None, request_timeout=None):
+        import concurrent.futures
+        from confluent_kafka import KafkaException
+        self.calls += 1
+        out = {}
+        for tp in req:
+            f = concurrent.futures.Future()
+            queued = self.errors.get((tp.topic, tp.partition)) or []
+            if queued:
+                f.set_exception(KafkaException(KafkaError(queued.pop(0))))
+            else:
+                f.set_result(type("Info", (), {"offset": self.offset})())
+            out[tp] = f
+        return out
+
+
+def test_offsets_are_asked_again_after_a_broker_behind_on_metadata(monkeypatch):
+    # under load a broker answered UNKNOWN_LEADER_EPOCH; the 10,000-partition benchmark
+    # then restarted whole mirrors, over and over
+    from kafka_mirrors.kafka import partition as kp
+    monkeypatch.setattr(kp, "RETRY_OFFSETS_S", 0.0)
+    admin = FakeOffsetsAdmin({("a", 0): [KafkaError.UNKNOWN_LEADER_EPOCH, KafkaError.NOT_LEADER_FOR_PARTITION]})
+    reader = kp.OffsetReader(admin, "source cluster x", timeout=5.0)
+    assert reader.log_end_offset("a", 0) == 20 and admin.calls == 3
+    offsets = reader.all_offsets("a", 1)
+    assert (offsets.log_start_offset, offsets.last_stable_offset, offsets.high_watermark) == (20, 20, 20)
+
+
+def test_offsets_errors_that_are_not_transient_fail_at_once():
+    from kafka_mirrors.errors import KafkaMirrorsError
+    from kafka_mirrors.kafka import partition as kp
+    admin = FakeOffsetsAdmin({("a", 0): [KafkaError.TOPIC_AUTHORIZATION_FAILED]})
+    reader = kp.OffsetReader(admin, "source cluster x", timeout=5.0)
+    with pytest.raises(KafkaMirrorsError, match="a-0"):
+        reader.log_end_offset("a", 0)
+    assert admin.calls == 1
