@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 from kafka_mirrors import clientconfig, state
 from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, KafkaUnavailableError, NotFoundError, UsageError
 from kafka_mirrors.kafka.admin import Admin
+from kafka_mirrors.names import check_bootstrap
 from kafka_mirrors.registry import LINK_NAME, LINK_OPTIONS, ClusterSpec, Link, Registry, now_iso, validate_option
 
 DEFAULT_TIMEOUT = 15.0
@@ -43,6 +44,7 @@ def cluster_spec(bootstrap: str, config_file: str | None, settings: dict[str, st
     bootstrap = bootstrap.strip()
     if not bootstrap:
         raise UsageError(f"--{side} needs bootstrap servers (host:port[,host:port...])")
+    check_bootstrap(bootstrap, f"--{side}")
     if "bootstrap.servers" in settings:
         raise UsageError(f"give the {side} bootstrap servers with --{side}, not as a setting")
     path = None

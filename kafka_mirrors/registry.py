@@ -40,6 +40,7 @@ from filelock import FileLock, Timeout
 
 from kafka_mirrors import clientconfig
 from kafka_mirrors.errors import ConfigError, NotFoundError, RegistryError
+from kafka_mirrors.names import bootstrap_problem
 
 VERSION = 1
 LOCK_TIMEOUT = 30.0
@@ -245,6 +246,9 @@ def _cluster_from_toml(path: Path, t: Any, where: str) -> ClusterSpec:
     bootstrap = _expect(path, t, "bootstrap", where, str, True)
     if not bootstrap.strip():
         raise _bad(path, f"{where}.bootstrap", "is empty")
+    problem = bootstrap_problem(bootstrap)
+    if problem:
+        raise _bad(path, f"{where}.bootstrap", f"is invalid ({problem})")
     config_file = _expect(path, t, "config_file", where, str, False)
     config = _expect(path, t, "config", where, dict, False) or {}
     for k, v in config.items():

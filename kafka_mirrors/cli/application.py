@@ -21,6 +21,15 @@ from rich.text import Text
 from kafka_mirrors.errors import KafkaMirrorsError
 
 
+def topic_names(value):
+    """Typer callback of a TOPIC argument or option: a name Kafka refuses is a usage error
+    (exit 2, Kafka's words) before anything else is done."""
+    from kafka_mirrors.names import check_topic
+    for name in [value] if isinstance(value, str) else value or []:
+        check_topic(name)
+    return value
+
+
 class OutputFormat(str, Enum):
     text = "text"
     json = "json"
@@ -52,7 +61,9 @@ class Application:
         (self.info if isinstance(message, Info) else self.warn)(message)
 
     def abort(self, message: str, code: int = 1, hint: str | None = None) -> NoReturn:
-        self.err.print(f"error: {message}" + (f"; {hint}" if hint else ""))
+        # one line, whatever the message quotes (a name given with a newline in it, say)
+        line = f"error: {message}" + (f"; {hint}" if hint else "")
+        self.err.print("".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in line))
         raise typer.Exit(code)
 
     def fail(self, exc: KafkaMirrorsError) -> NoReturn:

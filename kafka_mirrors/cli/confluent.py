@@ -36,6 +36,7 @@ import typer
 
 from kafka_mirrors.cli.application import Application
 from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError, UsageError
+from kafka_mirrors.names import check_bootstrap, check_topic
 
 ACTIONS = ("--create", "--list", "--describe", "--promote", "--failover", "--pause", "--unpause",
            "--reverse-and-start", "--reverse-and-pause", "--truncate-and-restore")
@@ -178,7 +179,13 @@ def parse(args: list[str]) -> Request | None:
     if not ns.bootstrap_server or not ns.bootstrap_server.strip():
         raise UsageError(f"{action} needs --bootstrap-server (the destination cluster)",
                          "e.g. --bootstrap-server dst:9092")
+    check_bootstrap(ns.bootstrap_server.strip(), "--bootstrap-server")
     links = _split(ns.link, "--link") + [x for x in _split(ns.links, "--links") if x not in _split(ns.link, "--link")]
+    for flag, names in (("--topics", _split(ns.topics, "--topics")), ("--mirror-topic", [ns.mirror_topic]),
+                        ("--source-topic", [ns.source_topic])):
+        for name in names:
+            if name is not None:
+                check_topic(name, flag)
     req = Request(action=action, bootstrap=ns.bootstrap_server.strip(), command_config=ns.command_config,
                   topics=_split(ns.topics, "--topics"), links=links, mirror_topic=ns.mirror_topic,
                   source_topic=ns.source_topic, pending_stopped_only=ns.pending_stopped_only,

@@ -11,12 +11,12 @@ from typing import List, Optional
 import typer
 
 from kafka_mirrors import dr as service
-from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.application import Application, OutputFormat, topic_names
 from kafka_mirrors.cli.completion import complete_link_names
 from kafka_mirrors.cli.link import _stdin_is_terminal
 from kafka_mirrors.errors import UsageError
 
-TOPICS = typer.Argument(None, metavar="TOPIC...", help="Mirror topic(s).")
+TOPICS = typer.Argument(None, metavar="TOPIC...", help="Mirror topic(s).", callback=topic_names)
 LINK = typer.Option(..., "--link", "-l", help="The mirrors' link.", autocompletion=complete_link_names)
 ALL = typer.Option(False, "--all", help="Every mirror of the link that is in a state the command applies to.")
 OUTPUT = typer.Option(OutputFormat.text, "--output", "-o", help="text or json.")

@@ -10,13 +10,14 @@ from typing import List, Optional
 import typer
 
 from kafka_mirrors import failback as service
-from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.application import Application, OutputFormat, topic_names
 from kafka_mirrors.cli.completion import complete_link_names
 from kafka_mirrors.cli.dr import _finish as finish_rows
 from kafka_mirrors.cli.link import _stdin_is_terminal
 from kafka_mirrors.errors import UsageError
 
-TOPICS = typer.Argument(None, metavar="TOPIC...", help="Mirror topic(s) of the forward link (promoted or failed over).")
+TOPICS = typer.Argument(None, metavar="TOPIC...", help="Mirror topic(s) of the forward link (promoted or failed over).",
+                        callback=topic_names)
 LINK = typer.Option(..., "--link", "-l", help="The forward link (old source -> new primary).",
                     autocompletion=complete_link_names)
 REVERSE = typer.Option(None, "--reverse-link", metavar="NAME",

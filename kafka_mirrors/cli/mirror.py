@@ -5,7 +5,7 @@ from typing import List, Optional
 
 import typer
 
-from kafka_mirrors.cli.application import Application, OutputFormat
+from kafka_mirrors.cli.application import Application, OutputFormat, topic_names
 from kafka_mirrors.cli.completion import complete_link_names
 from kafka_mirrors.cli.describe import check_options, render_and_check
 
@@ -16,11 +16,12 @@ app = typer.Typer(help="Create, list, describe, pause, resume, promote and fail 
 def create(
     ctx: typer.Context,
     topics: List[str] = typer.Argument(..., metavar="TOPIC...", help="Mirror name(s); the destination topic is "
-                                       "the link's mirror.topic.prefix + TOPIC."),
+                                       "the link's mirror.topic.prefix + TOPIC.", callback=topic_names),
     link: str = typer.Option(..., "--link", "-l", help="The link to mirror over.",
                              autocompletion=complete_link_names),
     source_topic: Optional[str] = typer.Option(None, "--source-topic", metavar="SRC",
-                                               help="Source topic [default: TOPIC]; only with one TOPIC."),
+                                               help="Source topic [default: TOPIC]; only with one TOPIC.",
+                                               callback=topic_names),
     config: List[str] = typer.Option([], "--config", "-c", metavar="KEY=VALUE",
                                      help="Topic config for the mirror topic, over the source's (repeatable)."),
 ) -> None:
@@ -40,8 +41,14 @@ def create(
     from kafka_mirrors.registry import resolve_registry
     app_: Application = ctx.obj
     from kafka_mirrors.readonly import from_json
+    from kafka_mirrors.names import check_topic
     notes: list[str] = []
-    records = create_mirrors(resolve_registry(app_).get(link), topics, source_topic, config, notes=notes)
+    link_ = resolve_registry(app_).get(link)
+    prefix = link_.option("mirror.topic.prefix") or ""
+    if prefix:
+        for t in topics:
+            check_topic(prefix + t, f"mirror topic (mirror.topic.prefix '{prefix}' + TOPIC)")
+    records = create_mirrors(link_, topics, source_topic, config, notes=notes)
     for rec in records:
         app_.print(f"created mirror {rec.topic} <- {rec.source_topic} on link {rec.link} "
                    f"({rec.partitions} partitions, {rec.state})")
@@ -90,7 +97,8 @@ def list_(
 @app.command("describe")
 def describe(
     ctx: typer.Context,
-    topic: str = typer.Argument(..., metavar="TOPIC", help="The mirror (destination topic or mirror name)."),
+    topic: str = typer.Argument(..., metavar="TOPIC", help="The mirror (destination topic or mirror name).",
+                                callback=topic_names),
     link: str = typer.Option(..., "--link", "-l", help="The mirror's link.", autocompletion=complete_link_names),
     output: OutputFormat = typer.Option(OutputFormat.text, "--output", "-o", help="text or json."),
     check: bool = typer.Option(False, "--check", help="Exit 1 when the mirror is FAILED (or lags more than --max-lag)."),
