@@ -67,6 +67,13 @@ def _parse_int(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _parse_port(v: str) -> int:
+    n = int(v.strip())
+    if not 0 <= n <= 65535:
+        raise ValueError("expected a port 1-65535, or 0 for none")
+    return n
+
+
 def _parse_replication_factor(v: str) -> int:
     n = int(v.strip())
     if n == 0 or n < -1:
@@ -118,6 +125,8 @@ LINK_OPTIONS: dict[str, LinkOption] = {
     "topic.config.sync.ms": LinkOption("int", "30000", "interval of the topic config sync", _parse_int(1)),
     "link.principal": LinkOption("str", "", "principal the link writes as on the destination (e.g. User:linker)",
                                  str),
+    "metrics.port": LinkOption("int", "0", "port of the worker's Prometheus metrics (0 = none; --metrics-port wins)",
+                               _parse_port),
 }
 
 

@@ -16,6 +16,11 @@ def run(
     link: str = typer.Option(..., "--link", "-l", help="The link whose ACTIVE mirrors to copy.",
                              autocompletion=complete_link_names),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error."),
+    metrics_port: int | None = typer.Option(
+        None, "--metrics-port", help="Serve Prometheus metrics on this port at /metrics (1-65535; default: the "
+        "link option metrics.port, 0 = none). Series: docs/metrics.md."),
+    metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
+                                     help="Address the metrics endpoint binds (0.0.0.0: every interface)."),
 ) -> None:
     """Copy every ACTIVE mirror of a link until SIGINT/SIGTERM.
 
@@ -26,15 +31,20 @@ def run(
     Examples:
       kafka-mirrors run --link dr
       kafka-mirrors run --link dr --log-level debug
+      kafka-mirrors run --link dr --metrics-port 9405
     """
     app: Application = ctx.obj
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         app.abort(f"unknown log level '{log_level}'", 2, "use debug, info, warning or error")
+    from kafka_mirrors.metrics import check_port
     from kafka_mirrors.registry import resolve_registry
     from kafka_mirrors.worker import Worker
 
+    if metrics_port is not None:
+        check_port(metrics_port)
     the_link = resolve_registry(app).get(link)
+    port = metrics_port if metrics_port is not None else the_link.option("metrics.port")
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("kafka_mirrors")
@@ -52,7 +62,7 @@ def run(
     from confluent_kafka import KafkaException
 
     try:
-        code = Worker(the_link).run(stop)
+        code = Worker(the_link, metrics=(metrics_host, port) if port else None).run(stop)
     except KafkaException as exc:
         # a client error the worker could not charge to one mirror (e.g. at start-up,
         # before any mirror runs): said plainly, no traceback

@@ -52,8 +52,11 @@ SOURCE_CALL_S = 2.0
 
 
 class Worker:
-    def __init__(self, link, *, worker_id: str | None = None, delivery_timeout_ms: int = 30000):
+    def __init__(self, link, *, worker_id: str | None = None, delivery_timeout_ms: int = 30000,
+                 metrics: tuple[str, int] | None = None):
         self.link = link
+        self.metrics = metrics  # (host, port) of the Prometheus endpoint (kafka_mirrors.metrics), or None
+        self.last_heartbeat_at: float | None = None  # when a heartbeat was last written (for metrics)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         timeout = float(link.option("request.timeout.s"))
         self.timeout = timeout
@@ -85,6 +88,16 @@ class Worker:
     # ------------------------------------------------------------ lifecycle
 
     def run(self, stop: threading.Event) -> int:
+        from kafka_mirrors.metrics import MetricsServer
+        # first: a port that cannot be bound fails the start before anything else runs
+        metrics = MetricsServer(self, *self.metrics).start() if self.metrics else None
+        try:
+            return self._run(stop)
+        finally:
+            if metrics is not None:
+                metrics.close()
+
+    def _run(self, stop: threading.Event) -> int:
         self.store.ensure_topic()
         snap = self.store.snapshot()
         follower = self.store.follow(snap.end_offset)
@@ -306,5 +319,6 @@ class Worker:
                     "source_unreachable_since": self.source.down_since,
                     "consumer_offset_sync": self.jobs.offset_sync,
                 })
+                self.last_heartbeat_at = time.time()
         except KafkaMirrorsError as exc:
             log.warning("[%s] heartbeat not written: %s", self.link.name, exc)
