@@ -127,12 +127,13 @@ def plan_mirror(link, name: str, source_topic: str | None, overrides: dict[str, 
 
 def create_mirrors(link, names: list[str], source_topic: str | None = None,
                    config_pairs: Iterable[str] = (), timeout: float | None = None,
-                   notes: list[str] | None = None) -> list[MirrorRecord]:
+                   notes: list[str] | None = None, validate_only: bool = False) -> list:
     """Check every requested mirror first (so a refusal changes nothing), then create the
     destination topics and record the mirrors ACTIVE. Where the destination has an
     authorizer, each mirror is made read-only by ACL before its topic is created
     (readonly.py: the bindings made are in each record's `acls`); warnings are appended
-    to `notes`."""
+    to `notes`. With validate_only, returns the MirrorPlans once everything is checked,
+    having changed nothing."""
     from kafka_mirrors.kafka import topics
     from kafka_mirrors.readonly import ReadOnlyAcls, to_json
     if source_topic and len(names) != 1:
@@ -151,6 +152,9 @@ def create_mirrors(link, names: list[str], source_topic: str | None = None,
     notes = notes if notes is not None else []
     if read_only.note():
         notes.append(read_only.note())
+    if validate_only:
+        store.close()
+        return plans
     rf = int(link.option("replication.factor"))
     out = []
     for plan in plans:
@@ -234,16 +238,22 @@ def worker_view(topic: str, workers: dict[str, dict], now: float,
     beats = [(float(v.get("heartbeat_at") or 0), w) for w, v in candidates.items()]
     if not beats and last_progress_at is None:
         return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": None,
-                "status": "no worker has run"}
+                "status": "no worker has run", "workers_not_following_state": []}
     if not beats:
         ago = max(0, int(now - last_progress_at))
         return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": ago,
-                "status": f"no worker seen for {ago} s"}
+                "status": f"no worker seen for {ago} s", "workers_not_following_state": []}
     last, _ = max(beats)
     ago = max(0, int(now - last))
     status = f"no worker seen for {ago} s" if now - last > stale_after else f"last heartbeat {ago} s ago"
+    blind = sorted(w for w, v in candidates.items() if v.get("state_store_error")
+                   and now - float(v.get("heartbeat_at") or 0) <= stale_after)
+    if blind:
+        status += (f"; worker {blind[0]} cannot follow the state store "
+                   f"({candidates[blind[0]]['state_store_error']}): it does not see pauses or failovers")
     return {"worker_ids": sorted(candidates), "last_heartbeat_at": last,
-            "seconds_since_heartbeat": ago, "status": status}
+            "seconds_since_heartbeat": ago, "status": status,
+            "workers_not_following_state": blind}
 
 
 def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], workers: dict[str, dict],

@@ -701,12 +701,22 @@ class StateFollower:
             _, start_offset = self._consumer.get_watermark_offsets(
                 TopicPartition(STATE_TOPIC, 0), timeout=store.timeout)
         self._consumer.assign([TopicPartition(STATE_TOPIC, 0, start_offset)])
+        # what keeps the state topic from being read (not authorized, deleted, ...), until
+        # a record or the end of it is read again; a worker says so, it does not hide it
+        self.error: str | None = None
 
     def poll(self, timeout: float = 1.0) -> list[tuple[str, Any]]:
+        from confluent_kafka import KafkaError
         out = []
         for msg in self._consumer.consume(500, timeout):
-            if msg.error():
-                continue  # EOF and transient errors: the next poll retries
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    self.error = None
+                else:
+                    self.error = f"reading {STATE_TOPIC} failed: {err.str()}"
+                continue  # the next poll tries again
+            self.error = None
             key = msg.key().decode() if msg.key() is not None else ""
             if key.startswith(self._prefixes):
                 out.append((key, _decode_or_skip(msg.offset(), msg.value())))

@@ -77,6 +77,7 @@ class Worker:
         self.auto_create = AutoCreator(link, self._create_mirror) \
             if link.option("auto.create.mirror.topics.enable") else None
         self.jobs = Jobs(self)
+        self.state_error: str | None = None  # why the state store cannot be followed now
         self._acks: list[str] = []
         self._acks_retry_at = 0.0  # after a failed write of acknowledgements
         # mirror -> (partition, offset, message) of a failure not yet recorded in the store
@@ -140,9 +141,20 @@ class Worker:
         return code
 
     def _follow_state(self, follower: st.StateFollower, timeout: float) -> None:
+        before = follower.error
         for key, value in follower.poll(timeout):
             if key.startswith("mirror/") and value is not None:
                 self._reconcile(st.MirrorRecord.from_json(value))
+        self.state_error = follower.error
+        if follower.error != before:
+            if follower.error is not None:
+                # it cannot see a pause, promote or failover now: said in the heartbeat
+                # (describe shows it, failover does not count on this worker)
+                log.error("[%s] cannot follow the state store: %s; stops are not seen until it reads "
+                          "again", self.link.name, follower.error)
+                self._heartbeat()
+            else:
+                log.info("[%s] reads the state store again", self.link.name)
 
     # ------------------------------------------------------------ mirrors
 
@@ -318,6 +330,7 @@ class Worker:
                     "source_reachable": self.source.ok,
                     "source_unreachable_since": self.source.down_since,
                     "consumer_offset_sync": self.jobs.offset_sync,
+                    "state_store_error": self.state_error,
                 })
                 self.last_heartbeat_at = time.time()
         except KafkaMirrorsError as exc:

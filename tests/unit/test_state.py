@@ -555,3 +555,46 @@ def test_folding_only_the_last_record_of_each_key_incrementally_or_compacted_giv
         log.compact_until(log.next)  # what the cleaner leaves folds to the same
         got = fake_store(log).snapshot()
         assert (got.mirrors, got.progress) == (full.mirrors, full.progress)
+
+
+def test_worker_view_names_a_worker_that_cannot_follow_the_state_store():
+    workers = {"w1": {"heartbeat_at": NOW - 1, "partitions": [["orders", 0]],
+                      "state_store_error": "reading __kafka_mirrors_state failed: Broker: Topic authorization failed"},
+               "w2": {"heartbeat_at": NOW - 1, "partitions": [["orders", 1]], "state_store_error": None}}
+    v = worker_view("orders", workers, NOW)
+    assert v["workers_not_following_state"] == ["w1"]
+    assert "worker w1 cannot follow the state store (reading __kafka_mirrors_state failed: " in v["status"]
+    assert "it does not see pauses or failovers" in v["status"]
+    workers["w1"]["state_store_error"] = None
+    assert worker_view("orders", workers, NOW)["workers_not_following_state"] == []
+
+
+class _Msg:
+    def __init__(self, key=None, value=None, offset=0, err=None):
+        self._k, self._v, self._o, self._e = key, value, offset, err
+
+    def error(self):
+        return self._e
+
+    def key(self):
+        return self._k
+
+    def value(self):
+        return self._v
+
+    def offset(self):
+        return self._o
+
+
+def test_the_state_follower_keeps_the_error_that_stops_it_reading_until_it_reads_again():
+    from confluent_kafka import KafkaError
+
+    from kafka_mirrors.state import StateFollower
+    f = StateFollower.__new__(StateFollower)
+    f._prefixes, f.error = ("mirror/dr/",), None
+    batches = [[_Msg(err=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))], [],
+               [_Msg(key=b"mirror/dr/t", value=b'{"x": 1}', offset=3)]]
+    f._consumer = type("C", (), {"consume": lambda self, n, t: batches.pop(0)})()
+    assert f.poll(0) == [] and "Topic authorization failed" in f.error
+    assert f.poll(0) == [] and f.error is not None  # nothing read: still not following
+    assert f.poll(0) == [("mirror/dr/t", {"x": 1})] and f.error is None
