@@ -76,7 +76,10 @@ class Jobs:
             fn()
         except (KafkaMirrorsError, KafkaException) as exc:
             log.warning("[%s] %s: %s", self.name, what, exc)
-            if isinstance(exc, (KafkaUnavailableError, KafkaException)):
+            if isinstance(exc, KafkaUnavailableError) and self.w.src_admin.label in str(exc):
+                # only the source's silence pauses copying: an unanswered call to the
+                # destination (offset sync, auto-create, the ACL re-check) is not the source
+                # being down, and the copy's own writes say soon enough if it is
                 self.w.notes.put(("suspect", str(exc)))
         except Exception as exc:  # noqa: BLE001 - a job's bug must not end the worker
             log.error("[%s] %s failed unexpectedly: %s: %s", self.name, what, type(exc).__name__, exc)

@@ -128,3 +128,29 @@ def test_acknowledgements_not_written_are_written_again(monkeypatch):
     clock[0] += loop.RETRY_WRITE_S
     w._flush_acks()
     assert store.acks == [["t"]] and w._acks == []
+
+
+def test_only_the_sources_silence_makes_the_jobs_suspect_the_source():
+    # issue 11: a destination that did not answer the offset sync (or auto-create, or the
+    # ACL re-check) paused copying as "source unreachable"
+    from kafka_mirrors.worker.jobs import Jobs
+
+    class W:
+        src_admin = type("A", (), {"label": "source cluster 127.0.0.1:9092"})()
+        notes: queue.SimpleQueue = queue.SimpleQueue()
+
+    jobs = Jobs.__new__(Jobs)
+    jobs.w, jobs.name = W(), "dr"
+
+    def fail(exc):
+        def fn():
+            raise exc
+        return fn
+
+    jobs._guard("consumer offset sync", fail(KafkaUnavailableError(
+        "destination cluster 127.0.0.1:9093 did not answer within 15 s (committing offsets)")))
+    assert W.notes.empty()
+    jobs._guard("following source metadata", fail(KafkaUnavailableError(
+        "source cluster 127.0.0.1:9092 did not answer within 5 s (describing topic 't')")))
+    kind, why = W.notes.get_nowait()
+    assert kind == "suspect" and why.startswith("source cluster 127.0.0.1:9092")
