@@ -32,7 +32,7 @@ def command_lines(text: str) -> list[str]:
 
 
 # named in the docs as what does not exist (yet)
-NOT_THERE = {"kafka-mirrors run --metrics-port N", "kafka-mirrors ... --dry-run"}
+NOT_THERE = {"kafka-mirrors ... --dry-run"}
 NATIVE_ROOT = ("--help", "--version", "--install-completion", "--show-completion")
 ROOT_CMD = typer.main.get_command(app)
 
