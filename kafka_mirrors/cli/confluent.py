@@ -1,10 +1,11 @@
 """Confluent-style flags, so runbooks written for Confluent Platform's `kafka-mirrors` run
 unchanged:
 
-    kafka-mirrors --create --mirror-topic T --link L [--source-topic S] --bootstrap-server DEST
-    kafka-mirrors --list [--link L] --bootstrap-server DEST
-    kafka-mirrors --describe [--topics T,U | --links L[,M]] [--pending-stopped-only] --bootstrap-server DEST
-    kafka-mirrors --promote|--failover|--pause|--unpause (--topics T,U | --link L) --bootstrap-server DEST
+    kafka-mirrors --create --mirror-topic T --link L [--source-topic S] [--dry-run] --bootstrap-server DEST
+    kafka-mirrors --list [--link L] [--output json] --bootstrap-server DEST
+    kafka-mirrors --describe [--topics T,U | --links L[,M]] [--pending-stopped-only] [--output json] ...
+    kafka-mirrors --promote|--failover [--dry-run] [--output json] (--topics T,U | --link L) --bootstrap-server DEST
+    kafka-mirrors --pause|--unpause (--topics T,U | --link L) --bootstrap-server DEST
     kafka-mirrors --reverse-and-start|--reverse-and-pause|--truncate-and-restore (--topics T,U | --link L) ...
 
 The entry point (cli/__init__.py) hands every argv whose first flag is not one of the
@@ -20,7 +21,11 @@ whose destination that is. With `--link` and no
 Nothing here prompts: Confluent's tool does not, and runbooks must run unattended (our
 truncate-and-restore saves the records it removes to a side topic first). Each action
 maps onto one service function; batch actions print one row per topic and exit 1 if any
-topic failed. Exit codes as everywhere: 0 ok, 1 failed, 2 usage.
+topic failed. `--dry-run` (create, promote, failover) checks everything and prints what
+would be done, writing nothing. `--output json` (create, list, describe, promote,
+failover) prints one JSON array with the field names of Confluent's REST and CLI JSON
+(`link_name`, `mirror_topic_name`, `mirror_status`, `mirror_lags`, ...), documented in
+docs/runbook.md. Exit codes as everywhere: 0 ok, 1 failed, 2 usage.
 """
 from __future__ import annotations
 
@@ -43,6 +48,8 @@ ACTIONS = ("--create", "--list", "--describe", "--promote", "--failover", "--pau
 # actions that act on mirrors named by --topics or on every mirror of --link
 BATCH = ("--promote", "--failover", "--pause", "--unpause", "--reverse-and-start", "--reverse-and-pause",
          "--truncate-and-restore")
+DRY_RUN = ("--create", "--promote", "--failover")
+JSON_OUTPUT = ("--create", "--list", "--describe", "--promote", "--failover")
 # the root options of the native command line: argv starting with one of these stays native
 NATIVE_ROOT = ("--help", "-h", "--version", "--install-completion", "--show-completion")
 HELP_HINT = "the Confluent-style flags are listed by 'kafka-mirrors --list --help'"
@@ -51,11 +58,14 @@ PROBE_TIMEOUT_S = 10.0
 
 HELP = """\
 Usage (Confluent-style flags; --bootstrap-server is the DESTINATION cluster):
-  kafka-mirrors --create --mirror-topic T --link L [--source-topic S] [--config K=V ...] --bootstrap-server DEST
-  kafka-mirrors --list [--link L] --bootstrap-server DEST
-  kafka-mirrors --describe [--topics T,U | --links L,M] [--pending-stopped-only] --bootstrap-server DEST
-  kafka-mirrors --promote (--topics T,U | --link L) [--timeout SECONDS] --bootstrap-server DEST
-  kafka-mirrors --failover (--topics T,U | --link L) --bootstrap-server DEST
+  kafka-mirrors --create --mirror-topic T --link L [--source-topic S] [--config K=V ...] [--dry-run]
+                --bootstrap-server DEST
+  kafka-mirrors --list [--link L] [--output json] --bootstrap-server DEST
+  kafka-mirrors --describe [--topics T,U | --links L,M] [--pending-stopped-only] [--output json]
+                --bootstrap-server DEST
+  kafka-mirrors --promote (--topics T,U | --link L) [--timeout SECONDS] [--dry-run] [--output json]
+                --bootstrap-server DEST
+  kafka-mirrors --failover (--topics T,U | --link L) [--dry-run] [--output json] --bootstrap-server DEST
   kafka-mirrors --pause | --unpause (--topics T,U | --link L) --bootstrap-server DEST
   kafka-mirrors --reverse-and-start | --reverse-and-pause (--topics T,U | --link L) --bootstrap-server DEST
   kafka-mirrors --truncate-and-restore (--topics T,U | --link L) --bootstrap-server OLD_SOURCE|DEST
@@ -69,6 +79,8 @@ Options:
   --timeout SECONDS                   how long promote waits for lag 0 [default: 60]
   --reverse-link R                    the link from the new primary back to the old source
                                       [default: L-reverse, created when missing]
+  --dry-run                           check and print what would be done; change nothing
+  --output text|json                  json: one array, Confluent's field names [default: text]
   --registry FILE                     link registry [default: $KAFKA_MIRRORS_REGISTRY]
   --yes                               accepted for symmetry; nothing in this mode prompts
 
@@ -76,7 +88,8 @@ Promote and failover return when the workers have stopped (no "scheduled" state 
 --reverse-and-start/--reverse-and-pause promote a mirror that is still one, then make the
 old source topic a mirror over the reverse link; --truncate-and-restore (after a failover)
 first saves the old topic's records past the failover point to a side topic.
-Links are made with 'kafka-mirrors link create'; the native commands are listed by
+Links are made with 'kafka-cluster-links --create' or 'kafka-mirrors link create'; the
+native commands are listed by
 'kafka-mirrors --help'. Exit codes: 0 ok, 1 failed (or any topic of a batch failed), 2 usage.
 """
 
@@ -101,14 +114,16 @@ def is_confluent_style(args: list[str]) -> bool:
 
 
 class _Parser(argparse.ArgumentParser):
+    hint = HELP_HINT
+
     def error(self, message: str):  # argparse would print usage and exit; we raise one line
         if message.startswith("argument "):
             flag, _, what = message[len("argument "):].partition(": ")
             flag = flag.split("/")[0]
             if "expected one argument" in what:
-                raise UsageError(f"{flag} needs a value", HELP_HINT)
-            raise UsageError(f"{flag}: {what}", HELP_HINT)
-        raise UsageError(message, HELP_HINT)
+                raise UsageError(f"{flag} needs a value", self.hint)
+            raise UsageError(f"{flag}: {what}", self.hint)
+        raise UsageError(message, self.hint)
 
 
 def _parser() -> _Parser:
@@ -116,9 +131,10 @@ def _parser() -> _Parser:
     for a in ACTIONS:
         p.add_argument(a, dest="act_" + a[2:].replace("-", "_"), action="store_true")
     for flag in ("--bootstrap-server", "--command-config", "--topics", "--link", "--links", "--mirror-topic",
-                 "--source-topic", "--timeout", "--registry", "--reverse-link"):
+                 "--source-topic", "--timeout", "--registry", "--reverse-link", "--output"):
         p.add_argument(flag, default=None)
     p.add_argument("--config", action="append", default=[])
+    p.add_argument("--dry-run", action="store_true")
     p.add_argument("--pending-stopped-only", action="store_true")
     p.add_argument("--yes", "-y", action="store_true")
     p.add_argument("--help", "-h", action="store_true")
@@ -139,6 +155,8 @@ class Request:
     registry: str | None = None
     reverse_link: str | None = None
     configs: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    output: str = "text"
 
     @property
     def sides(self) -> tuple[str, ...]:
@@ -189,7 +207,8 @@ def parse(args: list[str]) -> Request | None:
     req = Request(action=action, bootstrap=ns.bootstrap_server.strip(), command_config=ns.command_config,
                   topics=_split(ns.topics, "--topics"), links=links, mirror_topic=ns.mirror_topic,
                   source_topic=ns.source_topic, pending_stopped_only=ns.pending_stopped_only,
-                  registry=ns.registry, reverse_link=ns.reverse_link, configs=list(ns.config))
+                  registry=ns.registry, reverse_link=ns.reverse_link, configs=list(ns.config),
+                  dry_run=ns.dry_run, output=ns.output or "text")
 
     def only(flag: str, value, allowed: tuple[str, ...]) -> None:
         if value and action not in allowed:
@@ -202,6 +221,10 @@ def parse(args: list[str]) -> Request | None:
     only("--timeout", ns.timeout, ("--promote", "--reverse-and-start", "--reverse-and-pause"))
     only("--reverse-link", ns.reverse_link, ("--reverse-and-start", "--reverse-and-pause", "--truncate-and-restore"))
     only("--topics", req.topics, ("--describe",) + BATCH)
+    only("--dry-run", ns.dry_run, DRY_RUN)
+    only("--output", ns.output, JSON_OUTPUT)
+    if req.output not in ("text", "json"):
+        raise UsageError(f"--output '{req.output}' is not a format", "use --output text or --output json")
     if ns.timeout is not None:
         try:
             req.timeout = float(ns.timeout)
@@ -428,6 +451,10 @@ def _out(line: str) -> None:
     sys.stdout.flush()
 
 
+def _json(rows: list[dict]) -> None:
+    Application().json(rows)
+
+
 def _create(a: Application, registry, dest: Destination, req: Request) -> int:
     from kafka_mirrors import mirrors
     link = _checked_link(registry, dest, req.links[0])
@@ -439,17 +466,30 @@ def _create(a: Application, registry, dest: Destination, req: Request) -> int:
             raise UsageError(f"--mirror-topic '{name}' must start with link '{link.name}'s mirror.topic.prefix "
                              f"'{prefix}'", f"e.g. --mirror-topic {prefix}{name}")
         name = name[len(prefix):]
-    for rec in mirrors.create_mirrors(link, [name], req.source_topic, req.configs):
-        _out(f"Created topic {rec.topic}.")
+    dry = {"validate_only": True} if req.dry_run else {}
+    done = mirrors.create_mirrors(link, [name], req.source_topic, req.configs, **dry)
+    if req.output == "json":
+        _json([{"link_name": link.name, "mirror_topic_name": m.topic, "source_topic_name": m.source_topic,
+                "num_partitions": m.partitions, "dry_run": req.dry_run} for m in done])
+        return 0
+    for m in done:
+        if req.dry_run:
+            _out(f"Topic {m.topic} would be created as a mirror of {m.source_topic} on link {link.name} "
+                 f"({m.partitions} partition(s)); dry run, nothing changed.")
+        else:
+            _out(f"Created topic {m.topic}.")
     return 0
 
 
 def _list(a: Application, registry, dest: Destination, req: Request) -> int:
     links = [_checked_link(registry, dest, req.links[0])] if req.links else _links_on(registry, dest)
-    names = set()
-    for lk in links:
-        names |= set(_mirrors_of(registry, lk))
-    for n in sorted(names):
+    rows = [m for lk in links for m in _mirrors_of(registry, lk).values()]
+    if req.output == "json":
+        _json(sorted(({"link_name": m["link"], "mirror_topic_name": m["topic"], "source_topic_name": m["source_topic"],
+                       "mirror_status": m["state"]} for m in rows),
+                     key=lambda r: (r["mirror_topic_name"], r["link_name"])))
+        return 0
+    for n in sorted({m["topic"] for m in rows}):
         _out(n)
     return 0
 
@@ -467,6 +507,7 @@ def _describe(a: Application, registry, dest: Destination, req: Request) -> int:
     from kafka_mirrors.state import PENDING_STOPPED
     now = time.time()
     shown = 0
+    found: list[dict] = []
     for link, topics, _ in _targets(registry, dest, req):
         view = mirrors.describe_view(registry, link.name, now=now)
         for lv in view["links"]:
@@ -478,6 +519,9 @@ def _describe(a: Application, registry, dest: Destination, req: Request) -> int:
                 if req.pending_stopped_only and m["state"] != PENDING_STOPPED:
                     continue
                 shown += 1
+                if req.output == "json":
+                    found.append(_describe_json(m))
+                    continue
                 at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(m["updated_at"] or 0))
                 line = (f"Topic: {m['topic']}\tLinkName: {m['link']}\tSourceTopic: {m['source_topic']}\t"
                         f"State: {m['status']}\tSourceTopicId: {_dash(m['source_topic_id'])}\tStateTime: {at}")
@@ -489,9 +533,22 @@ def _describe(a: Application, registry, dest: Destination, req: Request) -> int:
                             f"LocalLogEndOffset: {_dash(p['destination_log_end_offset'])}\t"
                             f"LastFetchSourceHighWatermark: {_dash(p['source_high_watermark'])}\t"
                             f"Lag: {_dash(p['lag'])}\tTimeSinceLastFetchMs: {_ms(p['progress_updated_at'], now)}")
-    if not shown:
+    if req.output == "json":
+        _json(sorted(found, key=lambda r: (r["mirror_topic_name"], r["link_name"])))
+    elif not shown:
         _out("No mirror topics found.")
     return 0
+
+
+def _describe_json(m: dict) -> dict:
+    """One mirror as Confluent's REST describes it (mirror_lags per partition), with our
+    destination log end offset and reason beside."""
+    return {"link_name": m["link"], "mirror_topic_name": m["topic"], "source_topic_name": m["source_topic"],
+            "source_topic_id": m["source_topic_id"], "mirror_status": m["status"], "state": m["state"],
+            "reason": m["reason"], "state_time_ms": int((m["updated_at"] or 0) * 1000),
+            "mirror_lags": [{"partition": p["partition"], "lag": p["lag"],
+                             "last_source_fetch_offset": p["source_high_watermark"],
+                             "local_log_end_offset": p["destination_log_end_offset"]} for p in m["partitions"]]}
 
 
 def _stopped_lines(a: Application, link, r: dict) -> None:
@@ -500,8 +557,15 @@ def _stopped_lines(a: Application, link, r: dict) -> None:
         lost_text = "unknown"
     else:  # with no live worker the last reported source offset may be stale: a lower bound
         lost_text = str(lost) if r.get("workers") else f"at least {lost}"
-    _out(f"Stopped topic {r['topic']}'s mirror on link {link.name}: {r['state']} ({r.get('reason')}); "
-            f"records possibly lost: {lost_text}")
+    if r.get("dry_run") and r.get("reason") == "promoted":
+        _out(f"Topic {r['topic']}'s mirror on link {link.name} would be promoted: {r['state']} -> STOPPED once "
+             f"its lag is 0 (lag now: {lost}); dry run, nothing changed")
+    elif r.get("dry_run"):
+        _out(f"Topic {r['topic']}'s mirror on link {link.name} would be failed over: {r['state']} -> STOPPED; "
+             f"records possibly lost now: {lost_text}; dry run, nothing changed")
+    else:
+        _out(f"Stopped topic {r['topic']}'s mirror on link {link.name}: {r['state']} ({r.get('reason')}); "
+             f"records possibly lost: {lost_text}")
     for p, o in sorted((r.get("partitions") or {}).items(), key=lambda kv: int(kv[0])):
         _out(f"\tPartition: {p}\tLocalLogEndOffset: {o['destination_log_end_offset']}\t"
                 f"LastKnownSourceOffset: {_dash(o['last_known_source_offset'])}\t"
@@ -590,6 +654,9 @@ def _call(a: Application, registry, action: str, link, topics: list[str], req: R
           mirrors: dict[str, dict]) -> list[dict]:
     from kafka_mirrors import dr
     all_ = not topics
+    if req.dry_run:
+        from kafka_mirrors import dryrun
+        return dryrun.stop_plan(link, topics, all_, action[2:])
     if action == "--pause":
         return dr.pause(link, topics, all_)
     if action == "--unpause":
@@ -619,16 +686,21 @@ RENDER = {
 def _batch(a: Application, registry, dest: Destination, req: Request) -> int:
     failed = 0
     rows_seen = 0
+    found: list[dict] = []
     for link, topics, mirrors in _targets(registry, dest, req):
         rows = _call(a, registry, req.action, link, topics, req, mirrors)
         for r in rows:
             rows_seen += 1
-            if r.get("ok"):
-                RENDER[req.action](a, link, r)
-            else:
+            if req.output == "json":
+                found.append({"link_name": link.name, "mirror_topic_name": r["topic"], **r})
+            if not r.get("ok"):
                 failed += 1
                 a.err.print(f"error: {r.get('error')}")
-    if not rows_seen:
+            elif req.output != "json":
+                RENDER[req.action](a, link, r)
+    if req.output == "json":
+        _json(found)
+    elif not rows_seen:
         a.info(f"no mirror in a state {req.action} applies to")
     return 1 if failed else 0
 
@@ -648,15 +720,25 @@ def execute(a: Application, req: Request) -> int:
 
 def run(args: list[str]) -> int:
     """Parse, execute, and turn every error into one stderr line and an exit code."""
+    return guarded(lambda a: _run(a, list(args)))
+
+
+def _run(a: Application, args: list[str]) -> int:
+    req = parse(args)
+    if req is None:
+        _out(HELP.rstrip("\n"))
+        return 0
+    if req.registry:
+        a.registry_path = Path(req.registry)
+    return execute(a, req)
+
+
+def guarded(body) -> int:
+    """The error boundary of the flag-style tools: body(Application) returns the exit
+    code; a KafkaMirrorsError becomes one stderr line and its exit code."""
     a = Application()
     try:
-        req = parse(list(args))
-        if req is None:
-            _out(HELP.rstrip("\n"))
-            return 0
-        if req.registry:
-            a.registry_path = Path(req.registry)
-        return execute(a, req)
+        return body(a)
     except KafkaMirrorsError as exc:
         try:
             a.fail(exc)
