@@ -7,13 +7,19 @@ Links and workers are kafka-mirrors' own (`link create`, `run`), as Confluent's 
 `kafka-cluster-links` and the broker."""
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 import uuid
 
 import pytest
+from confluent_kafka import TopicPartition
 
 from kafka_mirrors import state as st
 from tests import drills
+from tests import mirrortools as mt
 from tests.mirroring import Mirroring
 
 pytestmark = pytest.mark.integration
@@ -174,3 +180,115 @@ def test_command_config_is_used_for_the_cluster_check_on_sasl(cli, source, sasl_
         in r.stderr
     assert "comparing cluster IDs failed" in r.stderr and "not-the-password" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- Confluent's DR runbook
+
+def kafka_cluster_links(registry_path, *args: str) -> subprocess.CompletedProcess:
+    """The kafka-cluster-links console script, as a runbook runs it (its own process)."""
+    return subprocess.run([sys.executable, "-m", "kafka_mirrors.cli.clusterlinks", *args], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "KAFKA_MIRRORS_REGISTRY": str(registry_path)})
+
+
+def _group_offset(cluster, group: str, topic: str, partition: int) -> int:
+    c = cluster.consumer(**{"group.id": group})
+    try:
+        return c.committed([TopicPartition(topic, partition)], timeout=15)[0].offset
+    finally:
+        c.close()
+
+
+def test_confluent_dr_runbook_start_to_finish(cli, registry_path, local_kafka, destination, tmp_path):
+    """Confluent's Cluster Linking disaster-recovery runbook (docs/runbook.md section 6),
+    command for command with Confluent's flags only: a link made from a link config file
+    with consumer offset sync, mirrors made and described, a planned promote and a
+    failover after the primary is lost, each tried with --dry-run first (which changes
+    nothing), JSON read back, the link listed and deleted. The worker runs as the
+    Confluent broker's link would (kafka-mirrors run)."""
+    src = local_kafka.up(f"crunbook-src-{uuid.uuid4().hex[:8]}")
+    link, dst = f"dr-{uuid.uuid4().hex[:6]}", destination.bootstrap
+    m = Mirroring.__new__(Mirroring)
+    m.__dict__.update(cli=cli, registry_path=registry_path, source=src, destination=destination,
+                      tmp_path=tmp_path, name=link, procs=[])
+    try:
+        planned, disaster = (src.create_topic(f"{n}-{uuid.uuid4().hex[:6]}", partitions=2) for n in ("orders", "pay"))
+        for t in (planned, disaster):
+            src.produce(t, [f"{t}-{i}".encode() for i in range(40)])
+        group = f"app-{uuid.uuid4().hex[:6]}"
+        c = src.consumer(**{"group.id": group})
+        c.commit(offsets=[TopicPartition(planned, 0, 7)], asynchronous=False)
+        c.close()
+
+        # 1. the link, from a Confluent link config file
+        cfg = tmp_path / "dr-link.properties"
+        cfg.write_text(f"bootstrap.servers={src.bootstrap}\nconsumer.offset.sync.enable=true\n"
+                       'consumer.offset.group.filters={"groupFilters": [{"name": "*", "patternType": "LITERAL", '
+                       '"filterType": "INCLUDE"}]}\n')
+        r = kafka_cluster_links(registry_path, "--bootstrap-server", dst, "--create", "--link", link,
+                                "--config-file", str(cfg), "--config", "consumer.offset.sync.ms=1000")
+        assert (r.returncode, r.stdout) == (0, f"Cluster link '{link}' creation successfully completed.\n"), r.stderr
+        r = kafka_cluster_links(registry_path, "--bootstrap-server", dst, "--link", link, "--list")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == (f"Link name: '{link}', link ID: '{link}', remote cluster ID: '{src.cluster_id}', "
+                            f"local cluster ID: '{destination.cluster_id}', remote cluster available: 'true', "
+                            f"link state: 'ACTIVE'\n")
+
+        # 2. the mirrors: dry run first, then for real
+        r = cli("--create", "--source-topic", planned, "--mirror-topic", planned, "--link", link,
+                "--bootstrap-server", dst, "--dry-run")
+        assert r.exit_code == 0, r.stderr
+        assert "dry run, nothing changed" in r.stdout
+        r = cli("--list", "--link", link, "--bootstrap-server", dst)
+        assert (r.exit_code, r.stdout) == (0, ""), r.stderr
+        for t in (planned, disaster):
+            r = cli("--create", "--source-topic", t, "--mirror-topic", t, "--link", link, "--bootstrap-server", dst)
+            assert (r.exit_code, r.stdout) == (0, f"Created topic {t}.\n"), r.stderr
+        m.start_worker()
+        for t in (planned, disaster):
+            m.wait_caught_up(t)
+            m.wait_worker_serving(t)
+        r = cli("--describe", "--topics", f"{planned},{disaster}", "--bootstrap-server", dst, "--output", "json")
+        assert r.exit_code == 0, r.stderr
+        described = json.loads(r.stdout)
+        assert [(d["mirror_topic_name"], d["mirror_status"]) for d in described] == \
+            sorted([(planned, "ACTIVE"), (disaster, "ACTIVE")])
+        assert all(lag["lag"] == 0 for d in described for lag in d["mirror_lags"])
+
+        # 3. planned: promote (dry run changes nothing; then the mirror stops at lag 0)
+        r = cli("--promote", "--topics", planned, "--bootstrap-server", dst, "--dry-run")
+        assert r.exit_code == 0, r.stderr
+        assert f"Topic {planned}'s mirror on link {link} would be promoted: ACTIVE -> STOPPED" in r.stdout
+        assert m.state(planned).state == st.ACTIVE
+        r = cli("--promote", "--topics", planned, "--bootstrap-server", dst, "--timeout", "120")
+        assert r.exit_code == 0, r.stderr
+        assert f"Stopped topic {planned}'s mirror on link {link}: STOPPED (promoted)" in r.stdout
+        assert _group_offset(destination, group, planned, 0) == 7  # synced by the link's offset sync
+
+        # 4. disaster: the primary is lost; failover (dry run first) from the destination alone
+        local_kafka.kill(src)
+        r = cli("--failover", "--topics", disaster, "--bootstrap-server", dst, "--dry-run", "--output", "json")
+        assert r.exit_code == 0, r.stderr
+        [row] = json.loads(r.stdout)
+        assert (row["mirror_topic_name"], row["dry_run"], row["state"]) == (disaster, True, st.ACTIVE)
+        assert m.state(disaster).state == st.ACTIVE
+        r = cli("--failover", "--topics", disaster, "--bootstrap-server", dst)
+        assert r.exit_code == 0, r.stderr
+        assert f"Stopped topic {disaster}'s mirror on link {link}: STOPPED (failed over)" in r.stdout
+        r = cli("--describe", "--topics", disaster, "--bootstrap-server", dst)
+        assert r.exit_code == 0, r.stderr
+        assert f"Topic: {disaster}\tLinkName: {link}\tSourceTopic: {disaster}\tState: STOPPED" in r.stdout
+        before = mt.log_end_offsets(destination, disaster)[0]
+        destination.produce(disaster, [b"written-on-the-dr-cluster"], partition=0)  # writable now
+        assert mt.log_end_offsets(destination, disaster)[0] == before + 1
+
+        # 5. the link: the old primary is gone; delete it once its mirrors are stopped
+        r = kafka_cluster_links(registry_path, "--bootstrap-server", dst, "--list")
+        assert r.returncode == 0, r.stderr
+        assert "remote cluster available: 'false', link state: 'SOURCE_UNAVAILABLE'" in r.stdout
+        r = kafka_cluster_links(registry_path, "--bootstrap-server", dst, "--delete", "--link", link)
+        assert (r.returncode, r.stdout) == (0, f"Cluster link '{link}' deletion successfully completed.\n"), r.stderr
+        r = kafka_cluster_links(registry_path, "--bootstrap-server", dst, "--list")
+        assert (r.returncode, r.stdout) == (0, ""), r.stderr
+    finally:
+        m.stop_all()
+        local_kafka.down(src.name)
