@@ -33,8 +33,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+LAST_BODY: list[str] = [""]  # the last scrape, kept for the failure message and the saved samples
+
+
 def _scrape(port: int) -> dict[str, dict[tuple, float]]:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    LAST_BODY[0] = body
     out: dict[str, dict[tuple, float]] = {}
     for fam in text_string_to_metric_families(body):
         for s in fam.samples:
@@ -75,6 +79,7 @@ def test_metrics_endpoint_moves_with_the_copy_and_lag_rises_while_paused(mirrori
     got = scrape_when(lambda g: _sum(g, "kafka_mirrors_partition_records_copied_total", topic) == 60
                       and "kafka_mirrors_heartbeat_age_seconds" in g, "60 records copied")
     alive(got)
+    (m.tmp_path / "metrics-copied.txt").write_text(LAST_BODY[0])
     for name in NAMED:
         assert name in got, f"{name} not served"
     assert got["kafka_mirrors_mirror_state"][(("link", m.name), ("mirror", topic), ("state", "ACTIVE"))] == 1
@@ -102,6 +107,7 @@ def test_metrics_endpoint_moves_with_the_copy_and_lag_rises_while_paused(mirrori
     got = scrape_when(lambda g: _sum(g, "kafka_mirrors_partition_lag_seconds", topic) > 0,
                       "lag in seconds > 0 while paused", timeout=20)
     alive(got)
+    (m.tmp_path / "metrics-paused.txt").write_text(LAST_BODY[0])
     assert _sum(got, "kafka_mirrors_partition_records_copied_total", topic) == 100  # nothing copied
 
     # 4. resumed: copied, the counter carries on from where it was, lag back to 0
