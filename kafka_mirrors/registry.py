@@ -88,8 +88,34 @@ def _parse_positive_float(v: str) -> float:
     return x
 
 
+def _split_regexes(v: str) -> list[str]:
+    """Split a comma-separated list of regexes, but not at a comma inside {m,n} or [...]:
+    'a{2,5},b' is two patterns, not three (and 'a{2,1}' is one bad one, not two good ones)."""
+    parts, cur, braces, brackets, escaped = [], [], 0, 0, False
+    for ch in v:
+        if escaped:
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "[":
+            brackets += 1
+        elif ch == "]" and brackets:
+            brackets -= 1
+        elif ch == "{" and not brackets:
+            braces += 1
+        elif ch == "}" and braces and not brackets:
+            braces -= 1
+        elif ch == "," and not braces and not brackets:
+            parts.append("".join(cur))
+            cur = []
+            continue
+        cur.append(ch)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip()]
+
+
 def _parse_regexes(v: str) -> list[str]:
-    out = [p.strip() for p in v.split(",") if p.strip()]
+    out = _split_regexes(v)
     for p in out:
         try:
             re.compile(p)

@@ -108,3 +108,12 @@ def test_concurrent_updates_in_threads_lose_nothing(tmp_path):
     for t in threads:
         t.join()
     assert sorted(Registry(path).links()) == sorted(f"l{i}" for i in range(16))
+
+
+def test_regex_lists_split_at_commas_outside_quantifiers_and_classes():
+    from kafka_mirrors.registry import _parse_regexes
+    assert _parse_regexes("a{2,5},b") == ["a{2,5}", "b"]
+    assert _parse_regexes("[a,b]x, c ") == ["[a,b]x", "c"]
+    # found by the generated bad inputs: split at its comma, 'a{2,1}' passed as 'a{2' and '1}'
+    with pytest.raises(ValueError, match=r"'a\{2,1\}' is not a regular expression"):
+        _parse_regexes("a{2,1}")
