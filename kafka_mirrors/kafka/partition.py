@@ -185,27 +185,66 @@ def read_range(conf: Mapping[str, object], topic: str, partition: int, start: in
     """The read_committed records with start <= offset < end, with a throwaway consumer."""
     if end <= start:
         return []
-    c = Consumer(_quiet({**conf, "group.id": f"kafka-mirrors-read-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False, "isolation.level": "read_committed",
-                         "enable.partition.eof": True, "auto.offset.reset": "earliest",
-                         # a few records at most are asked for: no wait for a fuller fetch
-                         "fetch.wait.max.ms": 10}))
-    out: list[Record] = []
+    reader = RangeReader(conf)
     try:
-        c.assign([TopicPartition(topic, partition, start)])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for m in c.consume(500, 0.5):
-                if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
-                        return out
-                    raise KafkaException(m.error())
-                if m.offset() >= end:
-                    return out
-                out.append(to_record(m))
-        raise KafkaOperationError(f"reading {topic}-{partition} [{start}, {end}) did not finish in {timeout:g} s")
+        return reader.read(topic, partition, start, end, timeout)
     finally:
-        c.close()
+        reader.close()
+
+
+class RangeReader:
+    """A read_committed consumer kept for the short reads of copier starts (the tail check,
+    the head of a destination partition). A throwaway consumer per read cost a client
+    (threads, connections, metadata) and half a second of waiting each: three a partition,
+    over a second per restarted partition, hours for a restart at 10,000 partitions. A
+    read re-assigns the one partition (PARTITION_EOF comes again after each assign)."""
+
+    def __init__(self, conf: Mapping[str, object]):
+        self.conf = {k: v for k, v in conf.items() if k != "error_cb"}
+        self._consumer: Consumer | None = None
+
+    def _client(self) -> Consumer:
+        if self._consumer is None:
+            self._consumer = Consumer(_quiet({
+                **self.conf, "group.id": f"kafka-mirrors-read-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False, "isolation.level": "read_committed",
+                "enable.partition.eof": True, "auto.offset.reset": "earliest",
+                # a few records at most are asked for: no wait for a fuller fetch
+                "fetch.wait.max.ms": 10}))
+        return self._consumer
+
+    def read(self, topic: str, partition: int, start: int, end: int, timeout: float = 30.0) -> list[Record]:
+        if end <= start:
+            return []
+        c = self._client()
+        out: list[Record] = []
+        c.assign([TopicPartition(topic, partition, start)])
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                first = c.poll(0.5)
+                if first is None:
+                    continue
+                for m in [first, *c.consume(499, 0)]:
+                    if m.topic() != topic or m.partition() != partition:
+                        continue  # left over from an earlier read
+                    if m.error():
+                        if m.error().code() == KafkaError._PARTITION_EOF:
+                            return out
+                        raise KafkaException(m.error())
+                    if m.offset() < start:
+                        continue
+                    if m.offset() >= end:
+                        return out
+                    out.append(to_record(m))
+            raise KafkaOperationError(f"reading {topic}-{partition} [{start}, {end}) did not finish in {timeout:g} s")
+        finally:
+            c.unassign()
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 # ---------------------------------------------------------------- source
@@ -424,6 +463,7 @@ class SourceFeeds:
         self.label = label
         self.error_cb = error_cb
         self.feeds: list[SourceFeed] = []
+        self.reader = RangeReader(conf)
 
     def _new(self) -> SourceFeed:
         conf = dict(self.conf)
@@ -468,6 +508,7 @@ class SourceFeeds:
         for feed in self.feeds:
             feed.close()
         self.feeds.clear()
+        self.reader.close()
 
 
 class KafkaPartitionSource:
@@ -506,9 +547,9 @@ class KafkaPartitionSource:
         return self.feed.take(self.topic, self.partition, max_records, timeout)
 
     def read_range(self, start: int, end: int) -> list[Record]:
-        conf = self.feeds.conf if self.feeds is not None else self.feed.conf
-        return read_range({k: v for k, v in conf.items() if k != "error_cb"}, self.topic,
-                          self.partition, start, end)
+        if self.feeds is not None:
+            return self.feeds.reader.read(self.topic, self.partition, start, end)
+        return read_range(self.feed.conf, self.topic, self.partition, start, end)
 
 
 # ---------------------------------------------------------------- sink
@@ -574,6 +615,7 @@ class SinkProducers:
             "allow.auto.create.topics": False,
         }))
         self.transactional: dict[int, Producer] = {}
+        self.reader = RangeReader(conf)  # the destination reads of copier starts
         self._last_used: dict[int, float] = {}
         self._callbacks: dict[tuple[str, int], object] = {}
 
@@ -729,6 +771,7 @@ class SinkProducers:
         for p in self.transactional.values():
             p.flush(timeout)
         self.transactional.clear()
+        self.reader.close()
 
 
 class KafkaPartitionSink:
@@ -777,12 +820,20 @@ class KafkaPartitionSink:
         start, end = self.log_start_offset(), self.log_end_offset()
         if start >= end:
             return
-        head = read_range(self.dest_conf, self.topic, self.partition, start, min(end, start + max_scan))
-        cut = start
-        for r in head:
-            if r.offset != cut or not any(k == FILLER_HEADER for k, _ in r.headers):
+        # read a little at a time: the head is almost always not a filler, and one record
+        # tells (fillers are contiguous from the log start)
+        cut, limit, window = start, min(end, start + max_scan), 1
+        while cut < limit:
+            head = self.producers.reader.read(self.topic, self.partition, cut, min(limit, cut + window))
+            before = cut
+            for r in head:
+                if r.offset != cut or not any(k == FILLER_HEADER for k, _ in r.headers):
+                    limit = cut  # the first record that is not a filler: done
+                    break
+                cut = r.offset + 1
+            if cut == before:
                 break
-            cut = r.offset + 1
+            window = min(window * 10, 10_000)
         if cut > start:
             log.warning("[%s-%d] finishing an interrupted head deletion: fillers at offsets %d..%d",
                         self.topic, self.partition, start, cut - 1)
@@ -896,4 +947,4 @@ class KafkaPartitionSink:
                                    [k for k in allow if k not in have])
 
     def read_committed_range(self, start: int, end: int) -> list[Record]:
-        return read_range(self.dest_conf, self.topic, self.partition, start, end)
+        return self.producers.reader.read(self.topic, self.partition, start, end)

@@ -332,6 +332,13 @@ class CopyPlane:
         start them all over, which at 100 partitions a mirror fed the very errors it met)."""
         m.to_start.append(m.to_start.pop(0))
         m.starts_at = time.monotonic() + m.start_backoff
+        # describing the topics makes the admin clients take fresh metadata: ListOffsets
+        # finds the leaders of partitions added a moment ago through it ("No leaders found")
+        for admin, name in ((self.src_admin, m.record.source_topic), (self.dst_admin, m.record.topic)):
+            try:
+                kt.describe_topic(admin, name)
+            except KafkaMirrorsError:
+                pass  # the next start says what is wrong, if anything still is
         log.warning("[%s/%s-p%d] cannot start (%s); starts of the mirror resume in %.0f s, its other "
                     "partitions copy on", self.name, m.record.topic, p, exc, m.start_backoff)
         m.start_backoff = min(m.start_backoff * 2, BACKOFF_MAX_S)
