@@ -32,6 +32,7 @@ from kafka_mirrors.state import (
     MirrorRecord,
     StateSnapshot,
     StateStore,
+    mirror_key,
 )
 
 # A worker whose heartbeat (every 2 s) is older than this is presumed dead: nobody waits
@@ -64,12 +65,22 @@ def live_workers_by_topic(snap: StateSnapshot, topics: Iterable[str], now: float
     return {t: sorted(wid for wid, ts in served.items() if t in ts) for t in topics}
 
 
-def missing_acks(snap: StateSnapshot, topic: str, workers: Iterable[str], since: float) -> list[str]:
-    """The workers that have not acknowledged a stop of `topic` written at `since`."""
+def missing_acks(snap: StateSnapshot, topic: str, workers: Iterable[str], since: float,
+                 since_offset: int | None = None) -> list[str]:
+    """The workers that have not acknowledged a stop of `topic` written at `since` (this
+    host's clock), at offset `since_offset` of the state topic. An acknowledgement counts
+    when the worker had applied that record: its seen_offset lies beyond it. The clocks of
+    two hosts are compared only for a worker that does not report seen_offset (older
+    versions), or when the offset of the stop is unknown."""
     out = []
     for wid in workers:
         ack = snap.acks.get((topic, wid)) or {}
-        if ack.get("state") != "stopped" or float(ack.get("at") or 0) < since:
+        if ack.get("state") != "stopped":
+            out.append(wid)
+        elif since_offset is not None and isinstance(ack.get("seen_offset"), int):
+            if ack["seen_offset"] <= since_offset:
+                out.append(wid)
+        elif float(ack.get("at") or 0) < since:
             out.append(wid)
     return sorted(out)
 
@@ -188,12 +199,14 @@ def _fence(store: StateStore, records: list[MirrorRecord], reason: str, ack_wait
         return {}, {r.topic: exc for r in records}
     errors = {t: r for t, r in written.items() if isinstance(r, KafkaMirrorsError)}
     done = {t: r for t, r in written.items() if not isinstance(r, KafkaMirrorsError)}
+    at = {t: store.last_write_offsets.get(mirror_key(store.link, t)) for t in done}
     pending = {t: list(owed[t]) for t in done}
     deadline = clock() + ack_wait
     while any(pending.values()) and clock() < deadline:
         sleep(POLL_S)
         snap = store.snapshot(copy=False)
-        pending = {t: missing_acks(snap, t, w, done[t].updated_at) if w else [] for t, w in pending.items()}
+        pending = {t: missing_acks(snap, t, w, done[t].updated_at, at[t]) if w else []
+                   for t, w in pending.items()}
     return {t: {"workers": owed[t], "not_acked": pending[t], "record": done[t]} for t in done}, errors
 
 

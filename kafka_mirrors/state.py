@@ -327,6 +327,7 @@ class StateStore:
         self.timeout = timeout
         self.label = f"destination cluster {self.config.get('bootstrap.servers', '?')}"
         self._producer = None
+        self.last_write_offsets: dict[str, int] = {}  # key -> offset of the last _put_many
         self._reader = None
         self._topic_ready = False
         self._cache: StateSnapshot | None = None
@@ -522,10 +523,13 @@ class StateStore:
         self.ensure_topic()
         producer = self._producer_()
         errors: list[str] = []
+        offsets: dict[str, int] = {}
 
-        def delivered(err, _msg):
+        def delivered(err, msg):
             if err is not None:
                 errors.append(err.str())
+            else:
+                offsets[msg.key().decode()] = msg.offset()
 
         for key, value in items:
             while True:
@@ -542,6 +546,9 @@ class StateStore:
                                         f"within {self.timeout:g} s", "check that the destination cluster is up")
         if errors:
             raise KafkaOperationError(f"writing state '{what}' to {self.label} failed: {errors[0]}")
+        # where each key landed in the state topic: a stop's acknowledgement is matched to
+        # it by offset, never by comparing two hosts' clocks
+        self.last_write_offsets = offsets
 
     def put_mirror(self, rec: MirrorRecord) -> None:
         now = time.time()
@@ -654,10 +661,16 @@ class StateStore:
     def ack(self, topic: str, worker_id: str, state: str) -> None:
         self._put(ack_key(self.link, topic, worker_id), {"state": state, "at": time.time()})
 
-    def ack_many(self, topics, worker_id: str, state: str) -> None:
-        """A worker's acknowledgement of several stops in one flush (a failover --all)."""
+    def ack_many(self, topics, worker_id: str, state: str, seen_offset: int | None = None) -> None:
+        """A worker's acknowledgement of several stops in one flush (a failover --all).
+        `seen_offset`: the worker had applied every state record below this offset of the
+        state topic when it acknowledged; a stop written at offset N is acknowledged by
+        seen_offset > N (dr.missing_acks)."""
         now = time.time()
-        self._put_many([(ack_key(self.link, t, worker_id), {"state": state, "at": now}) for t in topics])
+        value = {"state": state, "at": now}
+        if seen_offset is not None:
+            value["seen_offset"] = seen_offset
+        self._put_many([(ack_key(self.link, t, worker_id), value) for t in topics])
 
     def follow(self, start_offset: int | None = None) -> "StateFollower":
         """Tail the store from `start_offset` (e.g. a snapshot's end_offset), else from
@@ -704,6 +717,7 @@ class StateFollower:
         # what keeps the state topic from being read (not authorized, deleted, ...), until
         # a record or the end of it is read again; a worker says so, it does not hide it
         self.error: str | None = None
+        self.position = start_offset  # every record below it has been returned by poll()
 
     def poll(self, timeout: float = 1.0) -> list[tuple[str, Any]]:
         from confluent_kafka import KafkaError
@@ -717,6 +731,7 @@ class StateFollower:
                     self.error = f"reading {STATE_TOPIC} failed: {err.str()}"
                 continue  # the next poll tries again
             self.error = None
+            self.position = msg.offset() + 1
             key = msg.key().decode() if msg.key() is not None else ""
             if key.startswith(self._prefixes):
                 out.append((key, _decode_or_skip(msg.offset(), msg.value())))

@@ -78,6 +78,7 @@ class Worker:
             if link.option("auto.create.mirror.topics.enable") else None
         self.jobs = Jobs(self)
         self.state_error: str | None = None  # why the state store cannot be followed now
+        self.seen_offset: int | None = None  # state records below this offset are applied
         self._acks: list[str] = []
         self._acks_retry_at = 0.0  # after a failed write of acknowledgements
         # mirror -> (partition, offset, message) of a failure not yet recorded in the store
@@ -102,6 +103,7 @@ class Worker:
         self.store.ensure_topic()
         snap = self.store.snapshot()
         follower = self.store.follow(snap.end_offset)
+        self.seen_offset = snap.end_offset  # every state record below it has been applied
         self.plane.start()
         self.jobs.start()
         log.info("[%s] worker %s started; %d mirror(s) on the link", self.link.name, self.worker_id,
@@ -146,6 +148,8 @@ class Worker:
             if key.startswith("mirror/") and value is not None:
                 self._reconcile(st.MirrorRecord.from_json(value))
         self.state_error = follower.error
+        if follower.position is not None:
+            self.seen_offset = follower.position
         if follower.error != before:
             if follower.error is not None:
                 # it cannot see a pause, promote or failover now: said in the heartbeat
@@ -209,12 +213,15 @@ class Worker:
     def _flush_acks(self) -> None:
         if not self._acks or time.monotonic() < self._acks_retry_at:
             return
-        topics, self._acks = sorted(set(self._acks)), []
+        # a mirror made ACTIVE again meanwhile (and copying) is not acknowledged as stopped
+        topics, self._acks = sorted(set(self._acks) - self.running), []
+        if not topics:
+            return
         # the stopped mirrors' last progress first: failover reads the last known source
         # offsets from it as soon as it sees the acknowledgement
         self._write_progress()
         try:
-            self.store.ack_many(topics, self.worker_id, "stopped")
+            self.store.ack_many(topics, self.worker_id, "stopped", seen_offset=self.seen_offset)
         except KafkaMirrorsError as exc:
             # kept and written again: a failover waits for it (and names this worker if
             # the store stays unwritable past its bound)

@@ -32,6 +32,7 @@ class FakeStore:
 
     def __init__(self, s: StateSnapshot, clock):
         self.s, self.clock, self.on_pending, self.flushes = s, clock, None, 0
+        self.link, self.last_write_offsets = "dr", {}  # offsets unknown: acks by time
 
     def snapshot(self, copy=True):
         return self.s
@@ -88,6 +89,19 @@ def test_missing_acks_ignores_acks_older_than_the_stop():
     s.acks = {("orders", "w1"): {"state": "stopped", "at": NOW - 100},   # from an earlier pause
               ("orders", "w2"): {"state": "stopped", "at": NOW + 1}}
     assert dr.missing_acks(s, "orders", ["w1", "w2", "w3"], NOW) == ["w1", "w3"]
+
+
+def test_missing_acks_order_by_state_topic_offsets_not_by_two_hosts_clocks():
+    # issue 11: a worker whose clock is 100 s behind the CLI host's acknowledged a stop it
+    # had really applied, and a worker 100 s ahead passed off a stale ack as fresh
+    s = snap(orders=ACTIVE)
+    s.acks = {("orders", "behind"): {"state": "stopped", "at": NOW - 100, "seen_offset": 43},
+              ("orders", "ahead"): {"state": "stopped", "at": NOW + 100, "seen_offset": 42},
+              ("orders", "old-version"): {"state": "stopped", "at": NOW + 1}}
+    # the stop was written at offset 42: applied by a worker that has seen past it
+    assert dr.missing_acks(s, "orders", ["behind", "ahead", "old-version"], NOW, 42) == ["ahead"]
+    # offset unknown: the clocks are all there is
+    assert dr.missing_acks(s, "orders", ["behind", "ahead", "old-version"], NOW) == ["behind"]
 
 
 @pytest.mark.parametrize("progress,known", [

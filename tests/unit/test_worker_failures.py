@@ -23,6 +23,7 @@ class FakeStore:
         self.down = False
         self.writes: list[tuple[str, str]] = []
         self.acks: list[list[str]] = []
+        self.seen_offsets: list = []
 
     def set_state(self, topic, state, reason=None, *, current=None, **fields):
         if self.down:
@@ -34,7 +35,8 @@ class FakeStore:
         self.writes.append((topic, state))
         return self.records[topic]
 
-    def ack_many(self, topics, worker_id, what):
+    def ack_many(self, topics, worker_id, what, seen_offset=None):
+        self.seen_offsets.append(seen_offset)
         if self.down:
             raise KafkaUnavailableError("destination cluster did not answer")
         self.acks.append(list(topics))
@@ -59,6 +61,7 @@ def worker(store: FakeStore, known: dict[str, st.MirrorRecord]) -> loop.Worker:
     w.link, w.worker_id, w.store = FakeLink(), "w1", store
     w.known, w.running, w.errors = dict(known), set(), {}
     w.plane = FakePlane()
+    w.seen_offset = 17
     w._acks, w._acks_retry_at, w._failing, w._fails_retry_at = [], 0.0, {}, 0.0
     w._write_progress = lambda: None
     return w
@@ -128,6 +131,15 @@ def test_acknowledgements_not_written_are_written_again(monkeypatch):
     clock[0] += loop.RETRY_WRITE_S
     w._flush_acks()
     assert store.acks == [["t"]] and w._acks == []
+    assert store.seen_offsets[-1] == 17  # how far into the state topic it had applied
+
+
+def test_a_mirror_copying_again_is_not_acknowledged_as_stopped():
+    store = FakeStore({"t": record("t", st.ACTIVE)})
+    w = worker(store, {})
+    w._acks, w.running = ["t"], {"t"}
+    w._flush_acks()
+    assert store.acks == [] and w._acks == []
 
 
 def test_only_the_sources_silence_makes_the_jobs_suspect_the_source():
