@@ -86,14 +86,17 @@ def test_service_examples_run_the_worker_and_stop_it_cleanly():
     try:
         import yaml
     except ImportError:  # not a dependency: check the lines that matter as text
-        assert 'command: ["kafka-mirrors", "run", "--link", "dr"]' in text
+        assert ('command: ["kafka-mirrors", "run", "--link", "dr", "--metrics-port", "9405", '
+                '"--metrics-host", "0.0.0.0"]') in text and "containerPort: 9405" in text
         assert "terminationGracePeriodSeconds: 60" in text and "strategy: {type: Recreate}" in text
         assert 'command: ["kafka-mirrors", "describe", "--link", "dr", "--check"]' in text
         return
     dep = yaml.safe_load(text)
     pod = dep["spec"]["template"]["spec"]
     (worker,) = pod["containers"]
-    assert worker["command"] == ["kafka-mirrors", "run", "--link", "dr"]
+    assert worker["command"] == ["kafka-mirrors", "run", "--link", "dr", "--metrics-port", "9405",
+                                 "--metrics-host", "0.0.0.0"]
+    assert worker["ports"] == [{"name": "metrics", "containerPort": 9405}]
     assert pod["terminationGracePeriodSeconds"] >= 60
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
     assert worker["readinessProbe"]["exec"]["command"] == ["kafka-mirrors", "describe", "--link", "dr", "--check"]
