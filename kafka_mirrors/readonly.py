@@ -340,10 +340,16 @@ class ReadOnlyAcls:
                 continue
             kept, changes = self.make_read_only(topic, recorded, existing)
             rec = store.get_mirror(topic)  # re-read: only the acls field is ours to change
+            written = False
             if rec.state in (ACTIVE, PAUSED):
-                rec.acls = to_json(kept)
-                store.put_mirror(rec)
-            else:
+                # written only over the state just read: a pause, promote or failover landing
+                # in between wins (issue 11: put_mirror wrote ACTIVE back over PENDING_STOPPED)
+                try:
+                    store.set_state(topic, rec.state, reason=rec.reason, current=rec, acls=to_json(kept))
+                    written = True
+                except ConflictError:
+                    pass
+            if not written:
                 self.undo(changes.created)  # promoted or failed over meanwhile
                 continue
             existing = existing + changes.created

@@ -15,7 +15,7 @@ from kafka_mirrors.errors import ConflictError, KafkaAuthError, KafkaOperationEr
 from kafka_mirrors.kafka import acls as ka
 from kafka_mirrors.kafka.acls import Acl
 from kafka_mirrors.kafka.admin import Admin
-from kafka_mirrors.state import ACTIVE, STOPPED, MirrorRecord
+from kafka_mirrors.state import ACTIVE, PENDING_STOPPED, STOPPED, MirrorRecord
 
 T = "orders"
 LINKER = "User:linker"
@@ -325,6 +325,39 @@ class FakeStore:
     def put_mirror(self, rec):
         self.puts += 1
         self.recs[rec.topic] = rec
+
+    def set_state(self, topic, state, reason=None, *, current=None, **fields):
+        """As StateStore.set_state: refused when the newest record is in another state than
+        `current` (the record the caller read)."""
+        from kafka_mirrors.errors import ConflictError
+        newest = self.recs[topic]
+        if current is not None and newest.state != current.state:
+            raise ConflictError(f"mirror '{topic}' is {newest.state} now, not {current.state} as read")
+        rec = MirrorRecord.from_json({**newest.to_json(), "state": state, "reason": reason, **fields})
+        self.put_mirror(rec)
+        return rec
+
+
+def test_refresh_never_writes_over_a_failover_that_landed_meanwhile(authz):
+    # issue 11: the re-check re-read the mirror ACTIVE, a failover wrote PENDING_STOPPED, and
+    # put_mirror wrote ACTIVE back over it (the worker then copied again after acking)
+    r = ro.ReadOnlyAcls(FakeLink(), ADMIN)
+    recorded, _ = r.make_read_only(T)
+    store = FakeStore(MirrorRecord("dr", T, T, ACTIVE, acls=ro.to_json(recorded)))
+    read = store.get_mirror
+
+    def get_then_failover(topic):
+        rec = read(topic)
+        store.recs[topic] = MirrorRecord("dr", T, T, PENDING_STOPPED, acls=ro.to_json(recorded))
+        return rec
+
+    authz.acls.add(allow("User:carol", name="*"))
+    store.get_mirror = lambda topic: read(topic)  # the first read (plan) sees ACTIVE
+    first = {T: read(T)}
+    store.get_mirror = get_then_failover  # the re-read races the failover
+    assert ro.refresh_read_only(FakeLink(), store, ADMIN, [T], first) == []
+    assert store.recs[T].state == PENDING_STOPPED and store.puts == 0
+    assert deny("User:carol") not in authz.acls  # what it made was undone
 
 
 def test_refresh_denies_writers_granted_later_and_records_them(authz):
