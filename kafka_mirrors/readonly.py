@@ -296,8 +296,10 @@ class ReadOnlyAcls:
         if not self.principal and not recorded:
             return recorded, changes
         try:
-            if not self.authorizer():
-                return [], changes  # an authorizer removed since: nothing left to lift
+            # with ACLs on record, lift them whatever the broker config says (it may be
+            # hidden or absent); only SECURITY_DISABLED (NoAuthorizer below) proves none
+            if not recorded and not self.authorizer():
+                return [], changes
         except KafkaMirrorsError as exc:
             raise AclStepError(f"ACLs of '{topic}' not changed: {exc.message}", exc.hint, recorded, changes) from None
         to_create, to_delete = plan_release(topic, self.principal, recorded)

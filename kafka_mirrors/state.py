@@ -727,7 +727,9 @@ class StateFollower:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self.error = None
-                else:
+                elif msg.topic() == STATE_TOPIC:
+                    # an error of the state topic itself (not a passing client-level one,
+                    # such as an idle connection closed)
                     self.error = f"reading {STATE_TOPIC} failed: {err.str()}"
                 continue  # the next poll tries again
             self.error = None

@@ -34,7 +34,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError
+from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError, KafkaUnavailableError
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
 from kafka_mirrors.replication.interfaces import (
@@ -63,6 +63,9 @@ def _quiet(conf: Mapping[str, object]) -> dict:
 # ---------------------------------------------------------------- offsets
 
 RETRY_OFFSETS_S = 0.2  # wait before asking again after a retriable ListOffsets error
+# asked again for at most this long: the copy thread (which acknowledges stops) must not
+# wait out a whole request timeout; past it the partition backs off instead
+RETRY_OFFSETS_FOR_S = 2.0
 
 
 RETRIABLE_OFFSETS_CODES = frozenset({
@@ -88,20 +91,21 @@ class OffsetReader:
         out = {}
         pending = list(tps)
         deadline = time.monotonic() + self.timeout
+        retry_until = time.monotonic() + min(self.timeout, RETRY_OFFSETS_FOR_S)
         while pending:
             req = {TopicPartition(t, p): spec for t, p in pending}
             futures = self.admin.list_offsets(req, isolation_level=isolation, request_timeout=self.timeout)
             pending = []
             for tp, fut in futures.items():
                 try:
-                    out[(tp.topic, tp.partition)] = self._result(fut, tp, deadline)
+                    out[(tp.topic, tp.partition)] = self._result(fut, tp, deadline, retry_until)
                 except _AskAgain:
                     pending.append((tp.topic, tp.partition))
             if pending:
                 time.sleep(RETRY_OFFSETS_S)
         return out
 
-    def _result(self, fut, tp: TopicPartition, deadline: float) -> int:
+    def _result(self, fut, tp: TopicPartition, deadline: float, retry_until: float) -> int:
         what = f"list offsets of {tp.topic}-{tp.partition}"
         try:
             return fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
@@ -110,7 +114,7 @@ class OffsetReader:
             # a leader moving, or a broker behind on metadata (UNKNOWN_LEADER_EPOCH under
             # load): asked again within the timeout rather than failing the partition
             if isinstance(err, KafkaError) and (err.code() in RETRIABLE_OFFSETS_CODES or err.retriable()) \
-                    and time.monotonic() + RETRY_OFFSETS_S < deadline:
+                    and time.monotonic() + RETRY_OFFSETS_S < retry_until:
                 raise _AskAgain() from None
         except Exception:  # noqa: BLE001 - await_result below types it
             pass
@@ -138,6 +142,8 @@ class OffsetReader:
         try:
             start, stable = (await_result(next(iter(f.values())), what, self.label, self.timeout).offset
                              for f in first)
+        except KafkaUnavailableError:
+            raise  # no answer: asking again would hold the copy thread another timeout
         except KafkaMirrorsError:
             # asked again one at a time, each retried on a retriable error
             start = self.log_start_offset(topic, partition)

@@ -239,8 +239,9 @@ class PartitionCopier:
                 return
             self._last_offsets_probe = now
             offsets = self._source.offsets()
-            if high_watermark is None:
-                high_watermark = offsets.high_watermark
+            # the high watermark asked right after this last stable offset, never one
+            # cached from an earlier fetch response: LSO == HW must hold at one moment
+            high_watermark = offsets.high_watermark
             if end_offset is None:
                 # The fetch did not say it reached the end; an LSO right behind what we
                 # have seen proves it anyway. Anything else proves nothing.

@@ -33,7 +33,7 @@ import time
 import uuid
 
 from kafka_mirrors import state as st
-from kafka_mirrors.errors import ConflictError, KafkaMirrorsError
+from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, NotFoundError
 from kafka_mirrors.kafka.admin import Admin
 from kafka_mirrors.worker.autocreate import AutoCreator
 from kafka_mirrors.worker.jobs import Jobs
@@ -83,6 +83,9 @@ class Worker:
         self._acks_retry_at = 0.0  # after a failed write of acknowledgements
         # mirror -> (partition, offset, message) of a failure not yet recorded in the store
         self._failing: dict[str, tuple[int | None, int | None, str]] = {}
+        # FAILED written, not yet seen by the follower: an ACTIVE record before it (an ACL
+        # re-check, a config change) must not start the copy again
+        self._failed: set[str] = set()
         self._fails_retry_at = 0.0
         self._written: dict[str, dict] = {}  # mirror -> the progress last written
         self._view_serial = -1
@@ -165,8 +168,9 @@ class Worker:
     def _reconcile(self, rec: st.MirrorRecord) -> None:
         self.known[rec.topic] = rec
         running = rec.topic in self.running
-        if rec.state == st.ACTIVE and rec.topic in self._failing:
-            return  # its copy failed: FAILED goes over this record (_record_failures)
+        if rec.state == st.ACTIVE and (rec.topic in self._failing or rec.topic in self._failed):
+            return  # its copy failed: FAILED goes (or went) over this record
+        self._failed.discard(rec.topic)  # the FAILED (or a later state) has been seen
         if rec.state == st.ACTIVE and not running:
             self.running.add(rec.topic)
             self.plane.inbox.put(Command("start", rec.topic, record=rec))
@@ -174,9 +178,9 @@ class Worker:
             # acknowledged when the copy plane reports its writes settled (_events)
             self.plane.inbox.put(Command("stop", rec.topic, why=f"state is now {rec.state}", ack=True))
         elif rec.state == st.PENDING_STOPPED:
-            # not copying it (never started, or stopped already): it will not start it again
+            # not copying it (never started, or stopped already): it will not start it again.
+            # Written at the end of the turn (_events), once seen_offset covers this record
             self._acks.append(rec.topic)
-            self._flush_acks()
         elif running:
             self.plane.inbox.put(Command("update", rec.topic, record=rec))
 
@@ -254,13 +258,15 @@ class Worker:
             try:
                 self.store.set_state(topic, st.FAILED, reason=msg, current=rec,
                                      failed={"partition": partition, "offset": offset, "message": msg})
-            except ConflictError as exc:
+            except (ConflictError, NotFoundError) as exc:
                 log.warning("[%s/%s] copy failed (%s), not marked FAILED: %s", self.link.name, topic, msg, exc)
             except KafkaMirrorsError as exc:
                 self._fails_retry_at = time.monotonic() + RETRY_WRITE_S
                 log.error("[%s/%s] FAILED not recorded yet (again in %.0f s): %s", self.link.name, topic,
                           RETRY_WRITE_S, exc)
                 continue
+            else:
+                self._failed.add(topic)
             del self._failing[topic]
             self.errors.pop(topic, None)
 

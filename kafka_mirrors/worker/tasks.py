@@ -310,7 +310,9 @@ class CopyPlane:
                         self._start_later(m, p, exc)
                         break
                     m.to_start.pop(0)
-                    m.start_backoff = BACKOFF_MIN_S
+                    if m.start_backoff != BACKOFF_MIN_S:
+                        m.start_backoff = BACKOFF_MIN_S
+                        self.outbox.put(Event("started", topic))  # clears the error shown
                     if time.monotonic() > deadline:
                         return
             except PartitionFailed as exc:
@@ -342,6 +344,8 @@ class CopyPlane:
         log.warning("[%s/%s-p%d] cannot start (%s); starts of the mirror resume in %.0f s, its other "
                     "partitions copy on", self.name, m.record.topic, p, exc, m.start_backoff)
         m.start_backoff = min(m.start_backoff * 2, BACKOFF_MAX_S)
+        # shown by describe (the heartbeat's mirror_errors) until a partition starts again
+        self.outbox.put(Event("backoff", m.record.topic, error=f"partition {p} cannot start: {exc}"))
 
     def _prepare(self, m: _Mirror) -> None:
         rec = m.record
@@ -520,6 +524,7 @@ class CopyPlane:
             return
         # the old copiers stay until their writes settled (_restart_due): no wait here
         m.to_start = []
+        m.starts_at, m.start_backoff = 0.0, BACKOFF_MIN_S  # a restart starts afresh
         m.error = error
         m.restart_at = time.monotonic() + m.backoff
         m.backoff = min(m.backoff * 2, BACKOFF_MAX_S)

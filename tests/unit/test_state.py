@@ -570,8 +570,11 @@ def test_worker_view_names_a_worker_that_cannot_follow_the_state_store():
 
 
 class _Msg:
-    def __init__(self, key=None, value=None, offset=0, err=None):
-        self._k, self._v, self._o, self._e = key, value, offset, err
+    def __init__(self, key=None, value=None, offset=0, err=None, topic="__kafka_mirrors_state"):
+        self._k, self._v, self._o, self._e, self._t = key, value, offset, err, topic
+
+    def topic(self):
+        return self._t
 
     def error(self):
         return self._e
@@ -592,9 +595,11 @@ def test_the_state_follower_keeps_the_error_that_stops_it_reading_until_it_reads
     from kafka_mirrors.state import StateFollower
     f = StateFollower.__new__(StateFollower)
     f._prefixes, f.error = ("mirror/dr/",), None
-    batches = [[_Msg(err=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))], [],
+    batches = [[_Msg(err=KafkaError(KafkaError._TRANSPORT), topic=None)],  # a passing client error
+               [_Msg(err=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))], [],
                [_Msg(key=b"mirror/dr/t", value=b'{"x": 1}', offset=3)]]
     f._consumer = type("C", (), {"consume": lambda self, n, t: batches.pop(0)})()
+    assert f.poll(0) == [] and f.error is None
     assert f.poll(0) == [] and "Topic authorization failed" in f.error
     assert f.poll(0) == [] and f.error is not None  # nothing read: still not following
     assert f.poll(0) == [("mirror/dr/t", {"x": 1})] and f.error is None

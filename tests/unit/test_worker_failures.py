@@ -62,7 +62,7 @@ def worker(store: FakeStore, known: dict[str, st.MirrorRecord]) -> loop.Worker:
     w.known, w.running, w.errors = dict(known), set(), {}
     w.plane = FakePlane()
     w.seen_offset = 17
-    w._acks, w._acks_retry_at, w._failing, w._fails_retry_at = [], 0.0, {}, 0.0
+    w._acks, w._acks_retry_at, w._failing, w._fails_retry_at, w._failed = [], 0.0, {}, 0.0, set()
     w._write_progress = lambda: None
     return w
 
@@ -103,8 +103,9 @@ def test_a_failover_that_landed_first_wins_over_the_failure(caplog):
         w._fail("t", 0, 1, "boom")
     assert store.records["t"].state == st.PENDING_STOPPED and store.writes == []
     assert w._failing == {} and "not marked FAILED" in caplog.text
-    # and once the worker sees it: acknowledged, never FAILED
+    # and once the worker sees it: acknowledged (at the end of the turn), never FAILED
     w._reconcile(store.records["t"])
+    w._flush_acks()
     assert store.acks == [["t"]]
 
 
@@ -166,3 +167,34 @@ def test_only_the_sources_silence_makes_the_jobs_suspect_the_source():
         "source cluster 127.0.0.1:9092 did not answer within 5 s (describing topic 't')")))
     kind, why = W.notes.get_nowait()
     assert kind == "suspect" and why.startswith("source cluster 127.0.0.1:9092")
+
+
+def test_an_active_record_before_the_failed_one_does_not_start_the_copy_again():
+    # review: FAILED was written, but the follower first brings an ACTIVE record written
+    # before it (an ACL re-check, a config change): the copy must not start again
+    store = FakeStore({"t": record("t", st.ACTIVE)})
+    w = worker(store, {"t": store.records["t"]})
+    w._fail("t", 0, 1, "boom")
+    assert store.records["t"].state == st.FAILED
+    w._reconcile(record("t", st.ACTIVE))
+    assert w.plane.inbox.empty() and "t" not in w.running
+    w._reconcile(store.records["t"])  # the FAILED record itself
+    w._reconcile(record("t", st.ACTIVE))  # made ACTIVE again by an operator, after it
+    assert not w.plane.inbox.empty() and "t" in w.running
+
+
+def test_a_pending_stop_read_with_other_records_is_acknowledged_with_the_offset_after_it():
+    # review: the ack was flushed inside _reconcile, before seen_offset covered the record
+    store = FakeStore({"t": record("t", st.PENDING_STOPPED)})
+    w = worker(store, {})
+
+    class Follower:
+        error, position = None, 21
+
+        def poll(self, timeout):
+            return [("mirror/dr/t", store.records["t"].to_json())]
+
+    w.seen_offset = 17
+    w._follow_state(Follower(), 0)
+    w._flush_acks()
+    assert store.acks == [["t"]] and store.seen_offsets[-1] == 21
