@@ -61,6 +61,26 @@ class PartitionSample:
     def total(self, key: str) -> int:
         return self.base.get(key, 0) + self.seen.get(key, 0)
 
+    def note_offsets(self, now: float, source_end: int | None, destination_end: int | None) -> None:
+        """Offsets seen at `now` (None: not known this time). Also used by `describe --watch`."""
+        if destination_end is not None:
+            self.destination_end = destination_end
+        if source_end is not None:
+            self.source_end = source_end
+            if not self.marks or source_end > self.marks[-1][1]:
+                if len(self.marks) >= MAX_MARKS:
+                    self.marks.pop()  # keeps the oldest mark exact; only resolution is lost
+                self.marks.append((now, source_end))
+        while self.marks and self.destination_end is not None and self.marks[0][1] <= self.destination_end:
+            self.marks.popleft()
+
+    def lag_seconds(self, now: float) -> float | None:
+        """Age of the oldest source record not yet copied (docs/metrics.md), None unknown."""
+        if self.source_end is None or self.destination_end is None:
+            return None
+        since = self.lagging_since()
+        return max(0.0, now - since) if since is not None and self.source_end > self.destination_end else 0.0
+
     def lagging_since(self) -> float | None:
         for t, end in self.marks:
             if self.destination_end is None or end > self.destination_end:
@@ -136,16 +156,7 @@ class Sampler:
                     if raw < s.seen.get(key, 0):
                         s.base[key] = s.base.get(key, 0) + s.seen[key]
                     s.seen[key] = raw
-            if destination_end is not None:
-                s.destination_end = destination_end
-            if source_end is not None:
-                s.source_end = source_end
-                if not s.marks or source_end > s.marks[-1][1]:
-                    if len(s.marks) >= MAX_MARKS:
-                        s.marks.pop()  # keeps the oldest mark exact; only resolution is lost
-                    s.marks.append((now, source_end))
-            while s.marks and s.destination_end is not None and s.marks[0][1] <= s.destination_end:
-                s.marks.popleft()
+            s.note_offsets(now, source_end, destination_end)
 
     def _look_up(self, now: float, copying: set[str]) -> None:
         """Offsets of the mirrors the worker holds but is not copying: the source's last

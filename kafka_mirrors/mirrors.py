@@ -328,11 +328,35 @@ def _copy_error(topic: str, workers: dict[str, dict], now: float, stale_after: f
     return None
 
 
-def _describe_link(link, topic: str | None, now: float) -> dict:
+class DescribeClients:
+    """The admin clients and state store of each link, kept between describes: `describe
+    --watch` describes every few seconds, and the store then reads only what is new
+    (state.py) instead of the whole state topic with fresh clients each time."""
+
+    def __init__(self):
+        self._of: dict[str, tuple] = {}
+
+    def get(self, link) -> tuple:
+        if link.name not in self._of:
+            timeout = float(link.option("request.timeout.s"))
+            self._of[link.name] = (*_admins(link, timeout), store_for(link, timeout))
+        return self._of[link.name]
+
+    def close(self) -> None:
+        for _, _, store in self._of.values():
+            store.close()
+        self._of.clear()
+
+
+def _describe_link(link, topic: str | None, now: float, clients: DescribeClients | None = None) -> dict:
     from kafka_mirrors.kafka import topics
-    timeout = float(link.option("request.timeout.s"))
-    src_admin, dst_admin = _admins(link, timeout)
-    snap = store_for(link, timeout).snapshot()
+    if clients is not None:
+        src_admin, dst_admin, store = clients.get(link)
+    else:
+        timeout = float(link.option("request.timeout.s"))
+        src_admin, dst_admin = _admins(link, timeout)
+        store = store_for(link, timeout)
+    snap = store.snapshot()
     names = [resolve_mirror_name(snap, link, topic)] if topic else sorted(snap.mirrors)
     # every topic of the link described, and its offsets listed, in one request per kind
     # and cluster (describe of 1,000 mirrors made 5,000 round trips); a mirror whose part
@@ -415,10 +439,11 @@ def latest_offset_sync(workers: dict[str, dict]) -> dict | None:
 
 
 def describe_view(registry, link_name: str | None = None, topic: str | None = None,
-                  now: float | None = None) -> dict:
-    """{"links": [{"link", "source_available", "source_error", "mirrors": [...]}]}."""
+                  now: float | None = None, clients: DescribeClients | None = None) -> dict:
+    """{"links": [{"link", "source_available", "source_error", "mirrors": [...]}]}.
+    With `clients`, the links' clients are kept there for the next describe."""
     now = time.time() if now is None else now
-    return {"links": [_describe_link(link, topic, now) for link in _links(registry, link_name)]}
+    return {"links": [_describe_link(link, topic, now, clients) for link in _links(registry, link_name)]}
 
 
 # ---------------------------------------------------------------- health

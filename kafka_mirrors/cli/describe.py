@@ -16,19 +16,21 @@ from kafka_mirrors.cli.application import Application, OutputFormat
 from kafka_mirrors.cli.completion import complete_link_names
 
 
-def describe_links_view(registry, link_name: str | None) -> dict:
+def describe_links_view(registry, link_name: str | None, topic: str | None = None, clients=None) -> dict:
     """The describe view of one link, or of every link with each described on its own: a
     link that cannot be described (its destination unreachable, its settings unusable)
     gets a row with `error` set and no mirrors, so the others still show. Every row has
-    `error` (null when described)."""
+    `error` (null when described). `topic` (with `link_name`) narrows it to one mirror;
+    `clients` (mirrors.DescribeClients) keeps the clients for the next call."""
     from kafka_mirrors.errors import KafkaMirrorsError
     from kafka_mirrors.mirrors import describe_view
+    keep = {"clients": clients} if clients is not None else {}
     if link_name:
-        return describe_view(registry, link_name)
+        return describe_view(registry, link_name, topic, **keep)
     now, rows = time.time(), []
     for name in sorted(registry.links()):
         try:
-            rows.extend(describe_view(registry, name, now=now)["links"])
+            rows.extend(describe_view(registry, name, now=now, **keep)["links"])
         except KafkaMirrorsError as exc:
             rows.append({"link": name, "error": str(exc), "source_available": None, "source_error": None,
                          "consumer_offset_sync": None, "mirrors": []})
@@ -112,6 +114,10 @@ def describe(
     check: bool = typer.Option(False, "--check", help="Exit 1 when a mirror is FAILED (or lags more than --max-lag)."),
     max_lag: Optional[int] = typer.Option(None, "--max-lag", metavar="N",
                                           help="With --check: exit 1 when a mirror's lag exceeds N records."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="A live table (state, lag in records and seconds, "
+                               "copy rate, worker, heartbeat) refreshed every --interval seconds; Ctrl-C exits."),
+    interval: Optional[float] = typer.Option(None, "--interval", metavar="SECONDS",
+                                             help="With --watch: seconds between refreshes [default: 2]."),
 ) -> None:
     """Every mirror with its offsets on both clusters, lag, state and worker heartbeat.
 
@@ -124,9 +130,14 @@ def describe(
       kafka-mirrors describe
       kafka-mirrors describe --link dr --output json
       kafka-mirrors describe --check --max-lag 1000
+      kafka-mirrors describe --watch --interval 5
     """
+    from kafka_mirrors.cli.watch import check_watch_options, watch as watch_
     from kafka_mirrors.registry import resolve_registry
     app: Application = ctx.obj
     check_options(check, max_lag)
+    seconds = check_watch_options(watch, interval, output, check)
+    if watch:
+        return watch_(app, resolve_registry(app), link, None, seconds)
     view = describe_links_view(resolve_registry(app), link)
     render_and_check(app, view, output, check, max_lag)

@@ -104,6 +104,10 @@ def describe(
     check: bool = typer.Option(False, "--check", help="Exit 1 when the mirror is FAILED (or lags more than --max-lag)."),
     max_lag: Optional[int] = typer.Option(None, "--max-lag", metavar="N",
                                           help="With --check: exit 1 when the lag exceeds N records."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="A live table (state, lag in records and seconds, "
+                               "copy rate, worker, heartbeat) refreshed every --interval seconds; Ctrl-C exits."),
+    interval: Optional[float] = typer.Option(None, "--interval", metavar="SECONDS",
+                                             help="With --watch: seconds between refreshes [default: 2]."),
 ) -> None:
     """One mirror per partition: source log start offset, last stable offset and high
     watermark, destination log end offset, lag, fillers, offsets lost, state, worker.
@@ -112,11 +116,16 @@ def describe(
     Examples:
       kafka-mirrors mirror describe orders --link dr
       kafka-mirrors mirror describe orders --link dr --check --max-lag 0
+      kafka-mirrors mirror describe orders --link dr --watch
     """
+    from kafka_mirrors.cli.watch import check_watch_options, watch as watch_
     from kafka_mirrors.mirrors import describe_view
     from kafka_mirrors.registry import resolve_registry
     app_: Application = ctx.obj
     check_options(check, max_lag)
+    seconds = check_watch_options(watch, interval, output, check)
+    if watch:
+        return watch_(app_, resolve_registry(app_), link, topic, seconds, what="mirror describe")
     view = describe_view(resolve_registry(app_), link, topic)
     render_and_check(app_, view, output, check, max_lag)
 
