@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
+from enum import Enum
 
 import typer
 
 from kafka_mirrors.cli.application import Application
 from kafka_mirrors.cli.completion import complete_link_names
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
 
 
 def run(
@@ -21,17 +28,26 @@ def run(
         "link option metrics.port, 0 = none). Series: docs/metrics.md."),
     metrics_host: str = typer.Option("127.0.0.1", "--metrics-host",
                                      help="Address the metrics endpoint binds (0.0.0.0: every interface)."),
+    log_format: LogFormat = typer.Option(LogFormat.text, "--log-format",
+                                         help="text, or json: one JSON object per line (ts, level, logger, "
+                                         "message, extra fields). Either way the link's secret setting "
+                                         "values are masked (******)."),
 ) -> None:
     """Copy every ACTIVE mirror of a link until SIGINT/SIGTERM.
 
     Logs go to stderr, each line prefixed [link/topic-pN]. On SIGINT or SIGTERM in-flight
     writes are finished and the worker exits 0.
 
+    While a mirror is more than 10,000 records behind (its initial copy, say), a terminal
+    shows a progress bar with copy rate and ETA; elsewhere a log line every 30 s says
+    how far it has got.
+
     \b
     Examples:
       kafka-mirrors run --link dr
       kafka-mirrors run --link dr --log-level debug
       kafka-mirrors run --link dr --metrics-port 9405
+      kafka-mirrors run --link dr --log-format json
     """
     app: Application = ctx.obj
     level = getattr(logging, log_level.upper(), None)
@@ -45,8 +61,13 @@ def run(
         check_port(metrics_port)
     the_link = resolve_registry(app).get(link)
     port = metrics_port if metrics_port is not None else the_link.option("metrics.port")
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    from kafka_mirrors.cli.progress import ConsoleLogHandler, ProgressReporter, wants_bar
+    from kafka_mirrors.logs import JsonFormatter, TextFormatter, link_scrubber
+
+    scrubber = link_scrubber(the_link)
+    bar = wants_bar(sys.stderr, log_format.value)
+    handler = ConsoleLogHandler(app.err) if bar else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(scrubber) if log_format == LogFormat.json else TextFormatter(scrubber))
     root = logging.getLogger("kafka_mirrors")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -61,8 +82,10 @@ def run(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from confluent_kafka import KafkaException
 
+    worker = Worker(the_link, metrics=(metrics_host, port) if port else None)
+    progress = ProgressReporter(worker.plane, the_link.name, console=app.err if bar else None).start()
     try:
-        code = Worker(the_link, metrics=(metrics_host, port) if port else None).run(stop)
+        code = worker.run(stop)
     except KafkaException as exc:
         # a client error the worker could not charge to one mirror (e.g. at start-up,
         # before any mirror runs): said plainly, no traceback
@@ -70,6 +93,7 @@ def run(
         app.abort(f"worker for link '{link}' stopped: {getattr(err, 'str', lambda: str(err))()}", 1,
                   f"check both clusters are reachable, then run 'kafka-mirrors run --link {link}' again")
     finally:
+        progress.close()
         for s, h in old.items():
             signal.signal(s, h)
     raise typer.Exit(code)
