@@ -85,12 +85,30 @@ def cli_markdown() -> str:
     anchor = lambda p: "-".join(["kafka-mirrors", *p])  # noqa: E731  (GitHub's heading ids)
     out = [HEADER, "## Commands\n"]
     out += [f"- [`{title(p)}`](#{anchor(p)})" for p in paths]
-    out.append("- [Confluent-style flags](#confluent-style-flags)\n")
+    out.append("- [Confluent-style flags](#confluent-style-flags)")
+    out.append("- [`kafka-cluster-links`](#kafka-cluster-links)\n")
     for p in paths:
         out.append(f"## `{title(p)}`\n\n```text\n{_help(p, root).rstrip()}\n```\n")
     out.append("## Confluent-style flags\n\n`kafka-mirrors --list --help` (the same text for every action flag):\n\n"
                f"```text\n{_help(['--list'], root).rstrip()}\n```\n")
+    out.append("## `kafka-cluster-links`\n\nThe second console script: Confluent's `kafka-cluster-links` flags "
+               "onto `kafka-mirrors link ...`.\n\n"
+               f"```text\n{_cluster_links_help().rstrip()}\n```\n")
     return "\n".join(out)
+
+
+def _cluster_links_help() -> str:
+    """`kafka-cluster-links --help` (plain text, no terminal width involved)."""
+    import contextlib
+    import io
+
+    from kafka_mirrors.cli import clusterlinks
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = clusterlinks.run(["--help"])
+    if code != 0:
+        raise RuntimeError(f"kafka-cluster-links --help exited {code}")
+    return buf.getvalue()
 
 
 def expected_files() -> dict[Path, str]:

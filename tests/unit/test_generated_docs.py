@@ -20,6 +20,7 @@ def test_cli_md_has_the_help_of_every_command():
         assert f"## `{' '.join(['kafka-mirrors', *path])}`" in text
     assert "Usage: kafka-mirrors mirror failover [OPTIONS] [TOPIC...]" in text
     assert "Usage (Confluent-style flags" in text
+    assert "## `kafka-cluster-links`" in text and "Usage (Confluent's kafka-cluster-links" in text
     # rendered at the fixed width, whatever terminal the test runs in
     usage_line = next(line for line in text.splitlines() if line.startswith("  -l, --link"))
     assert len(usage_line) <= 80
