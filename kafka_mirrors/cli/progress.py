@@ -205,6 +205,7 @@ class ProgressReporter:
             if task is not None:
                 p.remove_task(task)
                 del self._tasks[c.topic]
+                p.refresh()  # the bar gone before the line is printed (rich redraws what it last drew)
             log.info("[%s/%s] caught up: %d record(s) behind after copying %d", self.link, c.topic, c.lag,
                      c.done, extra=self._fields(c))
             return
