@@ -37,6 +37,11 @@ class Jobs:
         self.offset_sync_enabled = bool(link.option("consumer.offset.sync.enable"))
         self.offset_sync_s = int(link.option("consumer.offset.sync.ms")) / 1000.0
         self.offset_sync: dict | None = None  # the last sync's summary, for the heartbeat
+        # the offset sync's own admin clients, made again after a failed sync: a kept
+        # librdkafka admin client can stay stuck once its broker restarted or its connections
+        # were reset (ListOffsets answered FENCED_LEADER_EPOCH for a minute and more, group
+        # offsets listings never answered again), while a new client is served at once
+        self._sync_admins = None
         self.partitions_seen: dict[str, int] = {}
         self.stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -158,7 +163,16 @@ class Jobs:
         mirrors = {t: r.source_topic for t, r in known.items() if r.state in (st.ACTIVE, st.PAUSED)}
         if not mirrors:
             return
-        summary = sync_consumer_offsets(self.w.src_admin, self.w.dst_admin, self.w.link, mirrors)
+        if self._sync_admins is None:
+            from kafka_mirrors.kafka.admin import Admin
+            self._sync_admins = tuple(Admin(conf, a.label, a.timeout) for conf, a in
+                                      ((self.w.src_conf, self.w.src_admin), (self.w.dst_conf, self.w.dst_admin)))
+        src_admin, dst_admin = self._sync_admins
+        try:
+            summary = sync_consumer_offsets(src_admin, dst_admin, self.w.link, mirrors)
+        except Exception:
+            self._sync_admins = None  # new clients for the next sync
+            raise
         self.offset_sync = summary.to_json()
         level = logging.INFO if (summary.offsets_written or summary.errors) else logging.DEBUG
         log.log(level, "[%s] consumer offsets: %s", self.name, summary.line())
