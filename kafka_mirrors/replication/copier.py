@@ -388,6 +388,15 @@ class PartitionCopier:
         if c.error is not None:
             self._fail(c.expected_offset, f"delivery failed: {c.error}")
         if c.assigned_offset != c.expected_offset:
+            if c.assigned_offset < c.expected_offset:
+                # one report stands for a run of writes: some before it never landed
+                self._fail(
+                    c.expected_offset,
+                    f"delivery landed at {c.assigned_offset}: "
+                    f"{c.expected_offset - c.assigned_offset} earlier write(s) of the batch did "
+                    f"not land (refused by the destination, e.g. a record larger than the "
+                    f"topic's max.message.bytes?)",
+                )
             self._fail(
                 c.expected_offset,
                 f"delivery landed at {c.assigned_offset} (another writer?)",

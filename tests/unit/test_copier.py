@@ -401,6 +401,28 @@ def test_delivery_error_fails_the_partition():
         c.step(0.0)
 
 
+def test_a_run_whose_last_write_landed_low_names_the_writes_that_did_not_land():
+    # one report stands for a run (SinkProducers): a refused write inside it lets the rest
+    # slide down by one, so the last lands below its offset
+    src = FakePartitionLog()
+    for i in range(5):
+        src.append(b"k", b"%d" % i)
+    dst = FakePartitionLog()
+
+    class SlidSink(FakeSink):
+        def flush(self, timeout):
+            self.queued.clear()
+            return Reports(4, 3, (Confirmation(3, 2),))
+
+        def confirmations(self):
+            return self.flush(0)
+
+    c = copier(FakeSource(src), SlidSink(dst))
+    c.start()
+    with pytest.raises(PartitionFailed, match="offset 3: delivery landed at 2: 1 earlier write"):
+        c.step(0.0)
+
+
 def test_log_lines_carry_the_label(caplog):
     src = FakePartitionLog()
     src.append(b"k", b"v")

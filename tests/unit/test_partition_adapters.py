@@ -187,7 +187,10 @@ class FakeProducer:
         self.room = room
         self.polls = 0
 
-    def produce(self, topic, value=None, key=None, partition=-1, on_delivery=None, timestamp=0, headers=None):
+    # confluent-kafka's own parameter order (Producer.produce's keyword list)
+    def produce(self, topic, value=None, key=None, partition=-1, callback=None, on_delivery=None,
+                timestamp=0, headers=None):
+        on_delivery = callback or on_delivery
         if self.room <= 0:
             raise BufferError("queue full")
         self.room -= 1
@@ -212,29 +215,75 @@ def producers(fake: FakeProducer) -> SinkProducers:
     s = SinkProducers.__new__(SinkProducers)
     s.conf, s.link, s.label, s.delivery_timeout_ms = {}, "l", "[l]", 30000
     s.pending = __import__("collections").defaultdict(__import__("collections").deque)
-    s._tallies, s._callbacks, s.transactional = {}, {}, {}
+    s._tallies, s._callbacks, s.transactional, s._untracked = {}, {}, {}, {}
     s.producer = fake
     return s
 
 
-def test_sink_produces_from_messages_and_checks_each_report_against_its_source_offset():
+def test_sink_reports_a_run_by_its_last_record_checked_against_its_source_offset():
     fake = FakeProducer(room=2)  # the third produce finds the queue full once
     sink = producers(fake)
     msgs = [Msg("src", 3, 40 + i, key=b"k", value=b"v%d" % i, ts=99, headers=[("h", b"x")]) for i in range(4)]
     sink.produce("mirror", 3, MessageRecords(msgs))
     assert [p[3] for p in fake.produced] == [b"v0", b"v1", b"v2", b"v3"]
     assert fake.produced[0] == ("mirror", 3, b"k", b"v0", 99, [("h", b"x")])
+    # one delivery callback, on the run's last record (also through the full-queue path)
+    assert fake.callbacks[:3] == [None, None, None] and fake.callbacks[3] is not None
+    assert sink.in_flight("mirror", 3) == 1
     assert sink.take_confirmations("mirror", 3) == Reports(0)
 
-    cb = fake.callbacks[0]
-    cb(None, Delivered(40))
-    cb(None, Delivered(41))
-    assert sink.take_confirmations("mirror", 3) == Reports(2, 41, ())
-    cb(None, Delivered(43))  # another writer took 42
-    cb(Err(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), None)
+    fake.callbacks[3](None, Delivered(43))
+    assert sink.take_confirmations("mirror", 3) == Reports(4, 43, ())
+    assert sink.in_flight("mirror", 3) == 0
+
+    # a refused write inside the next run: the rest slid down, the last landed at 46 not 47
+    sink.produce("mirror", 3, MessageRecords([Msg("src", 3, 44 + i) for i in range(4)]))
+    fake.callbacks[-1](None, Delivered(46))
+    # the last record's own write failed
+    sink.produce("mirror", 3, MessageRecords([Msg("src", 3, 48 + i) for i in range(2)]))
+    fake.callbacks[-1](Err(KafkaError.MSG_SIZE_TOO_LARGE, "too large"), None)
     assert sink.take_confirmations("mirror", 3) == Reports(
-        2, 43, (Confirmation(42, 43), Confirmation(43, None, "too large")))
+        6, 49, (Confirmation(47, 46), Confirmation(49, None, "too large")))
     assert sink.take_confirmations("mirror", 3).count == 0
+
+
+def test_sink_reports_each_record_of_what_is_not_one_run():
+    fake = FakeProducer()
+    sink = producers(fake)
+    sink.produce("mirror", 0, [Record(5, b"k", b"a", 1, ()), Record(7, b"k", b"b", 1, ())])
+    assert all(cb is not None for cb in fake.callbacks) and len(fake.callbacks) == 2
+    fake.callbacks[0](None, Delivered(5))
+    fake.callbacks[1](None, Delivered(7))
+    assert sink.take_confirmations("mirror", 0) == Reports(2, 7, ())
+
+
+def test_a_produce_that_raises_inside_a_run_keeps_the_partition_in_flight_until_the_queue_empties():
+    from confluent_kafka import KafkaException
+
+    class Refusing(FakeProducer):
+        queued = 0
+
+        def produce(self, topic, value=None, *args):
+            if value == b"bad":
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+            self.queued += 1
+            super().produce(topic, value, *args)
+
+        def __len__(self):
+            return self.queued
+
+    fake = Refusing()
+    sink = producers(fake)
+    run = [Record(0, None, b"ok", 1, ()), Record(1, None, b"ok", 1, ()), Record(2, None, b"bad", 1, ())]
+    with pytest.raises(KafkaException):
+        sink.produce("mirror", 0, run)
+    assert fake.callbacks == [None, None]  # queued, and no callback will ever report them
+    assert sink.in_flight("mirror", 0) == 1  # so a stop of this mirror still waits
+    fake.queued = 0  # librdkafka's queue emptied: delivered or failed, they are done
+    assert sink.in_flight("mirror", 0) == 0
+    with pytest.raises(KafkaException):  # refused at the first record: nothing queued
+        sink.produce("mirror", 0, [Record(3, None, b"bad", 1, ())])
+    assert sink.in_flight("mirror", 0) == 0
 
 
 def test_sink_record_path_for_fillers_and_held_records():
@@ -367,3 +416,20 @@ def test_offsets_errors_that_are_not_transient_fail_at_once():
     with pytest.raises(KafkaMirrorsError, match="a-0"):
         reader.log_end_offset("a", 0)
     assert admin.calls == 1
+
+
+def test_an_answer_without_an_offset_is_no_answer_never_an_offset(monkeypatch):
+    # found by the fault suite: during a network partition ListOffsets came back with
+    # librdkafka's -1001 (OFFSET_INVALID), and a starting copier failed its mirror as if
+    # the source had been truncated to "-1001"
+    from kafka_mirrors.errors import KafkaUnavailableError
+    from kafka_mirrors.kafka import partition as kp
+    monkeypatch.setattr(kp, "RETRY_OFFSETS_S", 0.0)
+    monkeypatch.setattr(kp, "RETRY_OFFSETS_FOR_S", 0.05)
+    admin = FakeOffsetsAdmin({}, offset=-1001)
+    reader = kp.OffsetReader(admin, "source cluster x", timeout=5.0)
+    with pytest.raises(KafkaUnavailableError, match="a-0: no offset in the answer"):
+        reader.log_end_offset("a", 0)
+    assert admin.calls > 1  # asked again first, within the short retry window
+    with pytest.raises(KafkaUnavailableError, match="no offset"):
+        reader.all_offsets("a", 0)
