@@ -89,6 +89,10 @@ class MirrorRecord:
     config_overrides: dict | None = None  # `mirror create --config` values, kept by the config sync
     # ACL bindings kafka-mirrors created for this mirror and has not deleted (readonly.py)
     acls: list | None = None
+    # a conditional write: the state-topic offset of the record this one was made from.
+    # Folded only if that record is still the mirror's newest at this record's place in
+    # the log, else skipped (a compare-and-set in log order; see StateSnapshot.apply)
+    based_on: int | None = None
 
     def to_json(self) -> dict:
         # shallow (asdict deep-copies, a cost at 1,000 records a batch): json.dumps does the rest
@@ -204,6 +208,9 @@ class StateSnapshot:
     progress: dict[tuple[str, int], dict] = field(default_factory=dict)
     acks: dict[tuple[str, str], dict] = field(default_factory=dict)
     end_offset: int = 0
+    # the state-topic offset of each mirror's newest record folded in (tombstones too)
+    mirror_offsets: dict[str, int] = field(default_factory=dict)
+    rejected: set[int] = field(default_factory=set)  # offsets of mirror records that lost
     # the two progress formats, each last-writer-wins per key, and the order of their last
     # writes: a per-mirror record hides the per-partition records written before it. This
     # depends on each key's last record only, so a compacted log folds to the same view.
@@ -217,9 +224,15 @@ class StateSnapshot:
         """The (topic, partition)s whose per-partition key (older workers) is alive."""
         return set(self._legacy)
 
-    def apply(self, key: str, value: Any) -> bool:
+    def apply(self, key: str, value: Any, offset: int | None = None) -> bool:
         """Fold one record in (value None deletes). Records of other links and keys this
-        version does not know are skipped; returns whether the record was used."""
+        version does not know are skipped; returns whether the record was used.
+
+        A mirror record with `based_on` is a compare-and-set: it is folded only if the
+        mirror's newest record folded so far is the one at offset `based_on` (or none is
+        known: compaction took it), and skipped otherwise — another write came first.
+        Every reader folds the log in the same order, so all agree on who won, and the
+        writer learns it by reading up to its own write (StateStore.set_state_many)."""
         kind, sep, rest = key.partition("/")
         prefix = self.link + "/"
         if not sep or not rest.startswith(prefix):
@@ -227,7 +240,16 @@ class StateSnapshot:
         rest = rest[len(prefix):]
         try:
             if kind == "mirror":
-                _put(self.mirrors, rest, None if value is None else MirrorRecord.from_json(value))
+                if offset is not None:
+                    based_on = value.get("based_on") if isinstance(value, dict) else None
+                    have = self.mirror_offsets.get(rest)
+                    if based_on is not None and have is not None and have != based_on:
+                        self.rejected.add(offset)
+                        return False  # lost a compare-and-set
+                rec = None if value is None else MirrorRecord.from_json(value)
+                _put(self.mirrors, rest, rec)
+                if offset is not None:
+                    self.mirror_offsets[rest] = offset
             elif kind == "worker":
                 _put(self.workers, rest, value)
             elif kind == "progress":
@@ -295,7 +317,8 @@ class StateSnapshot:
         out = StateSnapshot(self.link, {t: copy.copy(r) for t, r in self.mirrors.items()},
                             {w: _copy1(v) for w, v in self.workers.items()},
                             {k: _copy1(v) for k, v in self.progress.items()},
-                            {k: _copy1(v) for k, v in self.acks.items()}, self.end_offset)
+                            {k: _copy1(v) for k, v in self.acks.items()}, self.end_offset,
+                            dict(self.mirror_offsets), set(self.rejected))
         out._legacy = dict(self._legacy)
         out._legacy_parts = {t: set(ps) for t, ps in self._legacy_parts.items()}
         out._per_mirror = dict(self._per_mirror)
@@ -405,8 +428,11 @@ class StateStore:
         from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
         consumer.assign([TopicPartition(STATE_TOPIC, 0, OFFSET_BEGINNING if start is None else start)])
         # only the last record of each key is decoded and folded, in the order of those last
-        # records: what compaction would leave, and the fold is correct on a compacted log
+        # records: what compaction would leave, and the fold is correct on a compacted log.
+        # Mirror records are the exception: each is folded, in log order, since a later one
+        # may lose a compare-and-set to an earlier one (StateSnapshot.apply)
         latest: dict[bytes, tuple[int, bytes | None]] = {}
+        ordered: list[tuple[int, bytes, bytes | None]] = []
         try:
             deadline = time.monotonic() + self.timeout
             position = start or 0
@@ -427,8 +453,11 @@ class StateStore:
                     self.records_read += 1
                     key = msg.key()
                     if key is not None:
-                        latest.pop(key, None)
-                        latest[key] = (msg.offset(), msg.value())
+                        if key.startswith(b"mirror/"):
+                            ordered.append((msg.offset(), key, msg.value()))
+                        else:
+                            latest.pop(key, None)
+                            latest[key] = (msg.offset(), msg.value())
                     position = msg.offset() + 1
                 if position < end:
                     # compaction can leave the tail offsets without records: ask where we are
@@ -439,6 +468,8 @@ class StateStore:
                     position = max(position, pos)
             for key, (offset, raw) in latest.items():
                 into.apply(key.decode(errors="replace"), _decode_or_skip(offset, raw))
+            for offset, key, raw in ordered:
+                into.apply(key.decode(errors="replace"), _decode_or_skip(offset, raw), offset)
         finally:
             try:
                 consumer.unassign()  # no fetching in the background between reads
@@ -555,6 +586,7 @@ class StateStore:
         if not rec.created_at:
             rec.created_at = now
         rec.updated_at = now
+        rec.based_on = None  # unconditional: the last writer wins
         self._put(mirror_key(self.link, rec.topic), rec.to_json())
 
     def delete_mirror(self, topic: str) -> None:
@@ -593,9 +625,11 @@ class StateStore:
             if k not in known:
                 raise TypeError(f"MirrorRecord has no field {k!r}")
         items = list(mirrors)
-        newest = self._refresh().mirrors
+        snap = self._refresh()
+        newest = snap.mirrors
         out: dict[str, MirrorRecord | KafkaMirrorsError] = {}
         writes = []
+        conditional: dict[str, str] = {}  # topic -> key of a compare-and-set written
         now = time.time()
         for item in items:
             topic = item if isinstance(item, str) else item.topic
@@ -604,11 +638,7 @@ class StateStore:
                 out[topic] = self._not_found(topic)
                 continue
             if not isinstance(item, str) and found.state != item.state:
-                out[topic] = ConflictError(
-                    f"mirror '{topic}' of link '{self.link}' is {found.state} now"
-                    + (f" ({found.reason})" if found.reason else "")
-                    + f", not {item.state} as read: it changed meanwhile; not set to {state}",
-                    f"run 'kafka-mirrors mirror describe {topic} --link {self.link}' and decide again")
+                out[topic] = self._conflict(topic, found, item.state, state)
                 continue
             rec = copy.copy(found)
             rec.state, rec.reason = state, reason
@@ -619,10 +649,55 @@ class StateStore:
             if not rec.created_at:
                 rec.created_at = now
             rec.updated_at = now
+            # with the record the caller read: a compare-and-set on the newest one, which
+            # every reader folds only if no other write to the mirror landed before it
+            rec.based_on = None if isinstance(item, str) else snap.mirror_offsets.get(topic)
+            if rec.based_on is not None:
+                conditional[topic] = mirror_key(self.link, topic)
             out[topic] = rec
             writes.append((mirror_key(self.link, topic), rec.to_json()))
         self._put_many(writes)
+        if conditional:
+            written = dict(self.last_write_offsets)
+            after = self._refresh()
+            for topic, key in conditional.items():
+                mine = written.get(key)
+                if mine is None or mine in after.rejected or mine >= after.end_offset:
+                    # another write to the mirror landed between our read and our write
+                    won = after.mirrors.get(topic)
+                    out[topic] = (self._conflict(topic, won, out[topic].state, state, lost=True)
+                                  if won is not None else self._not_found(topic))
+                    self._restate(topic)
         return out
+
+    def _conflict(self, topic: str, found: MirrorRecord, read_state: str, state: str,
+                  lost: bool = False) -> ConflictError:
+        return ConflictError(
+            f"mirror '{topic}' of link '{self.link}' is {found.state} now"
+            + (f" ({found.reason})" if found.reason else "")
+            + (f": another command changed it at the same moment; not set to {state}" if lost
+               else f", not {read_state} as read: it changed meanwhile; not set to {state}"),
+            f"run 'kafka-mirrors mirror describe {topic} --link {self.link}' and decide again")
+
+    def _restate(self, topic: str, tries: int = 5) -> None:
+        """After losing a compare-and-set: write the winner's record again, so the newest
+        record of the mirror's key, the one compaction keeps, is not the losing one (a
+        reader of the compacted log would fold it: nothing before it is left to lose to)."""
+        for _ in range(tries):
+            snap = self._refresh()
+            won, at = snap.mirrors.get(topic), snap.mirror_offsets.get(topic)
+            if won is None or at is None:
+                return  # deleted meanwhile: the tombstone is the newest record
+            again = copy.copy(won)
+            again.based_on = at
+            key = mirror_key(self.link, topic)
+            self._put_many([(key, again.to_json())])
+            mine = self.last_write_offsets.get(key)
+            after = self._refresh()
+            if mine is not None and mine not in after.rejected and mine < after.end_offset:
+                return
+        log.warning("mirror '%s' of link '%s': could not restate its newest record after a lost "
+                    "compare-and-set (%d tries)", topic, self.link, tries)
 
     def heartbeat(self, worker_id: str, info: dict) -> None:
         value = dict(info)
@@ -672,10 +747,12 @@ class StateStore:
             value["seen_offset"] = seen_offset
         self._put_many([(ack_key(self.link, t, worker_id), value) for t in topics])
 
-    def follow(self, start_offset: int | None = None) -> "StateFollower":
-        """Tail the store from `start_offset` (e.g. a snapshot's end_offset), else from
-        the current end: only changes written after this call."""
-        return StateFollower(self, start_offset)
+    def follow(self, start_offset: int | None = None,
+               mirror_offsets: dict[str, int] | None = None) -> "StateFollower":
+        """Tail the store from `start_offset` (e.g. a snapshot's end_offset, with that
+        snapshot's mirror_offsets), else from the current end: only changes written after
+        this call."""
+        return StateFollower(self, start_offset, mirror_offsets)
 
     def close(self) -> None:
         """Close the clients (the cached snapshot stays: a later read continues from it)."""
@@ -702,9 +779,14 @@ class StateFollower:
     """A tailing reader of one link's changes: poll() returns the (key, value|None) pairs
     written since the last poll, in order, for this link only."""
 
-    def __init__(self, store: StateStore, start_offset: int | None):
+    def __init__(self, store: StateStore, start_offset: int | None,
+                 mirror_offsets: dict[str, int] | None = None):
         from confluent_kafka import TopicPartition
         self.store = store
+        # compare-and-set records are folded as StateSnapshot.apply does: a losing one is
+        # never returned (the worker must not obey a pause that lost to a failover)
+        self.mirror_offsets = dict(mirror_offsets or {})
+        self._mirror_prefix = f"mirror/{store.link}/"
         store.ensure_topic()
         self._consumer = store._consumer()
         self._prefixes = tuple(f"{k}/{store.link}/" for k in ("mirror", "worker", "progress", "ack"))
@@ -736,8 +818,20 @@ class StateFollower:
             self.position = msg.offset() + 1
             key = msg.key().decode() if msg.key() is not None else ""
             if key.startswith(self._prefixes):
-                out.append((key, _decode_or_skip(msg.offset(), msg.value())))
+                value = _decode_or_skip(msg.offset(), msg.value())
+                if key.startswith(self._mirror_prefix) and not self._folds(key, value, msg.offset()):
+                    continue
+                out.append((key, value))
         return out
+
+    def _folds(self, key: str, value: Any, offset: int) -> bool:
+        topic = key[len(self._mirror_prefix):]
+        based_on = value.get("based_on") if isinstance(value, dict) else None
+        have = self.mirror_offsets.get(topic)
+        if based_on is not None and have is not None and have != based_on:
+            return False
+        self.mirror_offsets[topic] = offset
+        return True
 
     def close(self) -> None:
         self._consumer.close()

@@ -406,7 +406,9 @@ def fake_store(log):
 
     def put_many(items):
         store.written.append(items)
+        store.last_write_offsets = {}
         for k, v in items:
+            store.last_write_offsets[k] = log.next
             log.write(k, v)
     store._put_many = put_many
     return store
@@ -595,6 +597,7 @@ def test_the_state_follower_keeps_the_error_that_stops_it_reading_until_it_reads
     from kafka_mirrors.state import StateFollower
     f = StateFollower.__new__(StateFollower)
     f._prefixes, f.error = ("mirror/dr/",), None
+    f._mirror_prefix, f.mirror_offsets = "mirror/dr/", {}
     batches = [[_Msg(err=KafkaError(KafkaError._TRANSPORT), topic=None)],  # a passing client error
                [_Msg(err=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))], [],
                [_Msg(key=b"mirror/dr/t", value=b'{"x": 1}', offset=3)]]
@@ -603,3 +606,59 @@ def test_the_state_follower_keeps_the_error_that_stops_it_reading_until_it_reads
     assert f.poll(0) == [] and "Topic authorization failed" in f.error
     assert f.poll(0) == [] and f.error is not None  # nothing read: still not following
     assert f.poll(0) == [("mirror/dr/t", {"x": 1})] and f.error is None
+
+
+def test_two_commands_deciding_on_the_same_read_one_wins_in_log_order_the_other_is_told():
+    # found by the fault suite: promote and failover run at once both printed STOPPED; the
+    # check of the state read and the write were two steps, with room between them
+    from kafka_mirrors.errors import ConflictError
+    from kafka_mirrors.state import PAUSED, PENDING_STOPPED
+    log = FakeLog()
+    log.write(mirror_key("dr", "orders"), rec().to_json())
+    a, b = fake_store(log), fake_store(log)
+    read_a, read_b = a.get_mirror("orders"), b.get_mirror("orders")
+    # both checked ACTIVE; b's write lands after a's check and before a's write
+    a_put, b_won = a._put_many, []
+
+    def b_first(items):
+        if not b_won:
+            b_won.append(b.set_state("orders", PENDING_STOPPED, "failover", current=read_b))
+        a_put(items)
+    a._put_many = b_first
+    with pytest.raises(ConflictError, match=r"is PENDING_STOPPED now \(failover\): another command"):
+        a.set_state("orders", PAUSED, "paused", current=read_a)
+    b_won = b_won[0]
+    assert b_won.state == PENDING_STOPPED
+    # every reader folds the same winner: a fresh one, both stores, and the compacted log
+    for store in (fake_store(log), a, b):
+        assert store.get_mirror("orders").state == PENDING_STOPPED
+    # the loser wrote the winner's record again, so the key's newest record is not its own
+    assert [v["state"] for _, k, v in log.records if k == mirror_key("dr", "orders")] == \
+        ["ACTIVE", "PENDING_STOPPED", "PAUSED", "PENDING_STOPPED"]
+    log.compact_until(log.next)
+    assert fake_store(log).get_mirror("orders").state == PENDING_STOPPED
+
+
+def test_a_losing_write_slipped_in_by_a_race_is_never_folded():
+    from kafka_mirrors.state import PAUSED, StateSnapshot
+    key = mirror_key("dr", "orders")
+    snap = StateSnapshot("dr")
+    assert snap.apply(key, rec().to_json(), 0)
+    assert snap.apply(key, {**rec(state=STOPPED).to_json(), "based_on": 0}, 1)
+    assert not snap.apply(key, {**rec(state=PAUSED).to_json(), "based_on": 0}, 2)  # read 0 too
+    assert snap.mirrors["orders"].state == STOPPED and snap.rejected == {2}
+    assert snap.apply(key, {**rec(state=PAUSED).to_json(), "based_on": 1}, 3)  # read the winner
+    assert snap.mirrors["orders"].state == PAUSED
+    assert snap.apply(key, rec(state=STOPPED).to_json(), 4)  # unconditional: last writer wins
+
+
+def test_the_follower_skips_a_losing_write_as_every_reader_does():
+    from kafka_mirrors.state import PAUSED, StateFollower
+    f = StateFollower.__new__(StateFollower)
+    f._prefixes, f.error, f.position = ("mirror/dr/",), None, 0
+    f._mirror_prefix, f.mirror_offsets = "mirror/dr/", {"orders": 0}
+    k = b"mirror/dr/orders"
+    batch = [_Msg(key=k, value=encode({**rec(state=STOPPED).to_json(), "based_on": 0}), offset=1),
+             _Msg(key=k, value=encode({**rec(state=PAUSED).to_json(), "based_on": 0}), offset=2)]
+    f._consumer = type("C", (), {"consume": lambda self, n, t: batch})()
+    assert [v["state"] for _, v in f.poll(0)] == [STOPPED]
