@@ -430,11 +430,26 @@ def _select(snap, forward: Link, names: list[str], all_: bool, verb: str) -> tup
     return chosen, errors
 
 
-def _make_read_only(ctx: _Context, topic: str) -> list | None:
-    from kafka_mirrors.readonly import to_json
-    acls, changes = ctx.read_only.make_read_only(topic)
-    ctx.notes += [f"{topic}: {w}" for w in changes.warnings]
+def _make_read_only(ctx: _Context, topic: str, recorded: list | None = None) -> list | None:
+    from kafka_mirrors.readonly import from_json, to_json
+    acls, changes = ctx.read_only.make_read_only(topic, from_json(recorded))
+    ctx.notes += [f"{topic}: {w}" for w in changes.warnings if f"{topic}: {w}" not in ctx.notes]
     return to_json(acls)
+
+
+def _fence_writers(ctx: _Context, topic: str) -> list | None:
+    """Before the last check that the old topic took no writes: make it writable by the
+    reverse link's principal only, so a producer still writing there is refused from now
+    on instead of having its records deleted unsaved. Without an authorizer (or a link
+    principal) nothing can refuse them: the output says writers must be stopped."""
+    acls = _make_read_only(ctx, topic)
+    if not ctx.read_only.managed():
+        note = (f"{topic}: writers to it cannot be fenced on the {ctx.old.label} (no authorizer, or "
+                f"no link.principal on '{ctx.reverse.name}'); stop them before running this command: a "
+                f"record written between the last check and the deletion is lost")
+        if note not in ctx.notes:
+            ctx.notes.append(note)
+    return acls
 
 
 def _record_reverse(ctx: _Context, rec: MirrorRecord, new_info, state: str, verb: str,
@@ -579,6 +594,7 @@ def _each(registry: Registry, link_name: str, names: list[str], all_: bool, reve
 def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
     from kafka_mirrors.kafka import topics as kt
     verb = "truncate-and-restore"
+    fenced = None  # read-only bindings made on the old topic before its deletion
     _check_not_mirrored(ctx, rev_snap, rec)
     ctx.read_only.check(rec.source_topic)  # before anything is deleted
     stop = stop_points(rec)
@@ -632,7 +648,9 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
             raise KafkaOperationError(f"side topic '{side}' holds {side_ends}, expected {saved}",
                                       f"nothing was deleted; check '{side}' and run the command again")
         # the old topic must hold nothing more than what was measured and saved: a producer
-        # still writing to the old source would otherwise lose records to the deletion
+        # still writing to the old source would otherwise lose records to the deletion.
+        # Fenced first, so nothing can land between this check and the deletion.
+        fenced = _fence_writers(ctx, rec.source_topic)
         _refuse_if_grown(ctx, rec, old_ends, side)
         restore = {"side_topic": side, "saved": {str(p): n for p, n in saved.items()}, "at": time.time(),
                    "old_log_end_offsets": {str(p): o for p, o in old_ends.items()},
@@ -646,6 +664,7 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
         old_ends = {int(p): o for p, o in (restore.get("old_log_end_offsets") or {}).items()}
         new_ends = _ends(ctx.new, rec.topic, new_info.partitions)
         if original:
+            fenced = _fence_writers(ctx, rec.source_topic)
             try:
                 _refuse_if_grown(ctx, rec, old_ends, restore.get("side_topic"))
             except ConflictError:
@@ -662,7 +681,8 @@ def _restore_one(ctx: _Context, rev_snap, rec: MirrorRecord) -> dict:
     if old_info is None:
         configs = dict(restore.get("configs") or {})
         configs.update(FORCED_CONFIGS)
-        acls = _make_read_only(ctx, rec.source_topic)  # the topic never exists writable by others
+        # the topic never exists writable by others (the fence's bindings, if any, stay recorded)
+        acls = _make_read_only(ctx, rec.source_topic, fenced)
         _create_topic(ctx.old, rec.source_topic, new_info.partitions, int(ctx.reverse.option("replication.factor")),
                       configs, fresh_admin=lambda: _admin(ctx.forward.source, "old source", ctx.timeout))
     else:

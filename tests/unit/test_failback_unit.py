@@ -166,3 +166,60 @@ def test_topics_and_all_together_is_a_usage_error(cli, registry_with_link):
     r = cli("truncate-and-restore", "--link", "dr", "--yes")
     assert r.exit_code == 2 and "nothing to truncate-and-restore: give TOPIC... or --all" in r.stderr
     assert "dr-reverse" not in registry_with_link.links()
+
+
+def _restore_run(monkeypatch, managed: bool):
+    """_restore_one's first run with every cluster call replaced: the order of the steps
+    that matter (the old topic's last check, its fence, its deletion) and the notes."""
+    from types import SimpleNamespace
+
+    from kafka_mirrors.kafka import topics as kt
+    steps = []
+    info = SimpleNamespace(partitions=1, topic_id="id-1")
+    rec = MirrorRecord(link="dr", topic="orders", source_topic="orders", state=STOPPED, source_topic_id="id-1",
+                       stopped={"partitions": {"0": {"destination_log_end_offset": 5}}})
+
+    class ReadOnly:
+        def check(self, topic):
+            pass
+
+        def managed(self):
+            return managed
+
+        def make_read_only(self, topic, recorded=()):
+            steps.append(("read-only", topic))
+            return list(recorded), SimpleNamespace(warnings=[])
+
+    ctx = SimpleNamespace(read_only=ReadOnly(), notes=[], old=SimpleNamespace(label="old source x"),
+                          new=SimpleNamespace(label="new"), reverse=SimpleNamespace(name="dr-back", option=lambda k: "1"),
+                          forward=SimpleNamespace(name="dr", source=SimpleNamespace(client_config=lambda: {})),
+                          fwd_store=SimpleNamespace(set_state=lambda *a, **k: rec), timeout=1.0,
+                          ensure_link=lambda: None)
+    monkeypatch.setattr(fb, "_check_not_mirrored", lambda *a: None)
+    monkeypatch.setattr(fb, "_describe", lambda admin, topic: info)
+    monkeypatch.setattr(fb, "_start_points", lambda *a: (info, info, {0: 9}, {0: 5}))
+    monkeypatch.setattr(fb, "_ends", lambda admin, topic, *a, **k: {0: 4} if "diverged" in topic else {0: 9})
+    monkeypatch.setattr(fb, "_create_topic", lambda admin, topic, *a, **k: steps.append(("create", topic)))
+    monkeypatch.setattr(fb, "copy_tails", lambda *a: {0: 4})
+    monkeypatch.setattr(kt, "topic_overrides", lambda *a: {})
+    monkeypatch.setattr(fb, "_refuse_if_grown", lambda *a: steps.append(("last check", "orders")))
+    monkeypatch.setattr(fb, "_delete_topic", lambda admin, topic: steps.append(("delete", topic)))
+    monkeypatch.setattr(fb, "_record_reverse", lambda *a, **k: None)
+    monkeypatch.setattr(fb, "_row", lambda rec, ctx, **kw: kw)
+    fb._restore_one(ctx, None, rec)
+    return [s for s in steps if s[1] == "orders"], ctx.notes
+
+
+def test_truncate_and_restore_fences_the_old_topic_before_its_last_check_and_deletion(monkeypatch):
+    # issue 11: the old topic was checked, the save recorded, then deleted, with no fence in
+    # between: a producer still writing there lost what it wrote in that window
+    steps, notes = _restore_run(monkeypatch, managed=True)
+    assert steps == [("read-only", "orders"), ("last check", "orders"), ("delete", "orders"),
+                     ("read-only", "orders"), ("create", "orders")]
+    assert not any("cannot be fenced" in n for n in notes)
+
+
+def test_truncate_and_restore_without_an_authorizer_says_writers_must_be_stopped(monkeypatch):
+    steps, notes = _restore_run(monkeypatch, managed=False)
+    assert ("last check", "orders") in steps
+    assert any("cannot be fenced" in n and "stop them" in n for n in notes), notes
