@@ -42,6 +42,11 @@ class Jobs:
         # were reset (ListOffsets answered FENCED_LEADER_EPOCH for a minute and more, group
         # offsets listings never answered again), while a new client is served at once
         self._sync_admins = None
+        # a state store of this thread's own: a StateStore's reader, producer and cached
+        # snapshot are used by one thread at a time, and the control loop writes through its
+        # store all the while (two threads' reads interleaving on one consumer mixed up the
+        # records each folded)
+        self.store = st.StateStore(worker.dst_conf, link.name, worker.store.timeout)
         self.partitions_seen: dict[str, int] = {}
         self.stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -54,6 +59,11 @@ class Jobs:
         self.stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            try:
+                self.store.close()
+            except KafkaMirrorsError as exc:
+                log.debug("closing the jobs' state store: %s", exc)
 
     def _run(self) -> None:
         now = time.monotonic()
@@ -153,7 +163,7 @@ class Jobs:
         granted it since the mirror was made read-only (kafka_mirrors.readonly)."""
         from kafka_mirrors.readonly import refresh_read_only
         try:
-            for line in refresh_read_only(self.w.link, self.w.store, self.w.dst_admin, active, dict(self.w.known)):
+            for line in refresh_read_only(self.w.link, self.store, self.w.dst_admin, active, dict(self.w.known)):
                 log.info("[%s] %s", self.name, line)
         except KafkaMirrorsError as exc:
             log.warning("[%s] read-only ACLs not refreshed: %s", self.name, exc)

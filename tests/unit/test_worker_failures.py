@@ -198,3 +198,19 @@ def test_a_pending_stop_read_with_other_records_is_acknowledged_with_the_offset_
     w._follow_state(Follower(), 0)
     w._flush_acks()
     assert store.acks == [["t"]] and store.seen_offsets[-1] == 21
+
+
+def test_the_jobs_thread_reads_and_writes_state_through_a_store_of_its_own():
+    # a StateStore's consumer and cached snapshot serve one thread: the read-only refresh of
+    # the jobs thread and the control loop's writes interleaved on one store before
+    from types import SimpleNamespace
+
+    from kafka_mirrors import state as st
+    from kafka_mirrors.worker.jobs import Jobs
+    options = {"topic.config.sync.ms": "5000", "consumer.offset.sync.enable": True, "consumer.offset.sync.ms": "5000"}
+    link = SimpleNamespace(name="dr", option=options.get)
+    worker = SimpleNamespace(link=link, dst_conf={"bootstrap.servers": "127.0.0.1:1"},
+                             store=st.StateStore({"bootstrap.servers": "127.0.0.1:1"}, "dr", 3.0))
+    jobs = Jobs(worker)
+    assert isinstance(jobs.store, st.StateStore) and jobs.store is not worker.store
+    assert (jobs.store.link, jobs.store.timeout) == ("dr", 3.0)
