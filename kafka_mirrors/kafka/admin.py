@@ -6,6 +6,8 @@ KafkaMirrorsError subclass naming the cluster and what was being done.
 """
 from __future__ import annotations
 
+import collections
+
 import concurrent.futures
 from typing import Any, Mapping
 
@@ -79,7 +81,9 @@ class Admin:
         # connection chatter out of the operator's terminal.
         conf.setdefault("socket.timeout.ms", int(timeout * 1000))
         conf.setdefault("log_level", 0)
-        self._errors: list[KafkaError] = []
+        # the newest client-level errors only: a worker's admin clients live for days, and
+        # error_cb reports every dropped connection
+        self._errors: collections.deque[KafkaError] = collections.deque(maxlen=64)
         conf.setdefault("error_cb", self._errors.append)
         self.client = AdminClient(conf)
 
