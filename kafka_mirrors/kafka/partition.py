@@ -466,7 +466,7 @@ class SourceFeed:
                 # PARTITION_EOF would, without waiting for the next (empty) fetch, which never
                 # comes when the source dies now: the held record is written, not reported lost.
                 end = hw
-        return FetchResult(recs, end, hw)
+        return FetchResult(recs, end, hw, max(0, taken_bytes - 64 * len(msgs)))
 
     def close(self) -> None:
         self.consumer.close()

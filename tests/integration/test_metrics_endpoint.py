@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 NAMED = [
     "kafka_mirrors_partition_lag_records", "kafka_mirrors_partition_lag_seconds",
     "kafka_mirrors_partition_last_copied_offset", "kafka_mirrors_partition_records_copied_total",
-    "kafka_mirrors_partition_fillers_written_total",
+    "kafka_mirrors_partition_fillers_written_total", "kafka_mirrors_partition_records_fetched_total",
+    "kafka_mirrors_partition_bytes_fetched_total", "kafka_mirrors_partition_bytes_copied_total",
     "kafka_mirrors_partition_offsets_lost_to_source_retention_total",
     "kafka_mirrors_mirror_state", "kafka_mirrors_link_max_lag_records", "kafka_mirrors_link_max_lag_seconds",
     "kafka_mirrors_heartbeat_age_seconds", "kafka_mirrors_worker_partitions_served",
@@ -88,12 +89,16 @@ def test_metrics_endpoint_moves_with_the_copy_and_lag_rises_while_paused(mirrori
     got = scrape_when(lambda g: _sum(g, "kafka_mirrors_partition_lag_records", topic) == 0
                       and len(g.get("kafka_mirrors_partition_lag_records", {})) == 2, "lag 0 after the copy")
     assert _sum(got, "kafka_mirrors_partition_last_copied_offset", topic) == 60 - 2
+    assert _sum(got, "kafka_mirrors_partition_records_fetched_total", topic) >= 60
+    bytes_copied = _sum(got, "kafka_mirrors_partition_bytes_copied_total", topic)
+    assert bytes_copied > 0 and _sum(got, "kafka_mirrors_partition_bytes_fetched_total", topic) > 0
 
     # 2. records copied moves as records are produced
     mt.produce_records(m.source, topic, mt.make_records(40, seed=5), partitions=2)
     got = scrape_when(lambda g: _sum(g, "kafka_mirrors_partition_records_copied_total", topic) == 100,
                       "100 records copied")
     alive(got)
+    assert _sum(got, "kafka_mirrors_partition_bytes_copied_total", topic) > bytes_copied
 
     # 3. paused: the lag rises with what the source receives, in records and in seconds
     r = m.cli("mirror", "pause", topic, "--link", m.name)

@@ -433,3 +433,11 @@ def test_an_answer_without_an_offset_is_no_answer_never_an_offset(monkeypatch):
     assert admin.calls > 1  # asked again first, within the short retry window
     with pytest.raises(KafkaUnavailableError, match="no offset"):
         reader.all_offsets("a", 0)
+
+
+def test_a_take_says_how_many_bytes_of_keys_and_values_it_hands_over():
+    f, c = feed()
+    f.add("a", 0, 0)
+    c.queue = [Msg("a", 0, i, key=b"k", value=b"x" * 100) for i in range(3)]
+    f.pump(0)
+    assert f.take("a", 0, 10, 0).bytes == 3 * 101  # what the copy metrics count
