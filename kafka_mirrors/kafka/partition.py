@@ -466,7 +466,7 @@ class SourceFeed:
                 # PARTITION_EOF would, without waiting for the next (empty) fetch, which never
                 # comes when the source dies now: the held record is written, not reported lost.
                 end = hw
-        return FetchResult(recs, end, hw, max(0, taken_bytes - 64 * len(msgs)))
+        return FetchResult(recs, end, hw)
 
     def close(self) -> None:
         self.consumer.close()
@@ -577,10 +577,11 @@ class KafkaPartitionSource:
 class _Tally:
     """What one partition's delivery callback saw since the copier last asked."""
 
-    __slots__ = ("count", "last_expected", "mismatches")
+    __slots__ = ("count", "last_expected", "mismatches", "bytes")
 
     def __init__(self):
         self.count = 0
+        self.bytes = 0
         self.last_expected: int | None = None
         self.mismatches: list[Confirmation] = []
 
@@ -668,9 +669,10 @@ class SinkProducers:
             mismatches = tally.mismatches
 
             def cb(err, msg):
-                expected, count = popleft()
+                expected, count, nbytes = popleft()
                 tally.last_expected = expected
                 tally.count += count
+                tally.bytes += nbytes
                 if err is not None:
                     mismatches.append(Confirmation(expected, None, err.str()))
                 elif msg.offset() != expected:
@@ -695,17 +697,24 @@ class SinkProducers:
             return
         cb = self._reporter(key)
         pending = self.pending[key]
-        pending.append((last, n))
+        entry = [last, n, 0]  # the run's bytes are filled in once all of it is queued
+        pending.append(entry)
         # positional arguments (topic, value, key, partition, callback, on_delivery,
         # timestamp, headers): Producer.produce parses keywords at twice the cost
         produce = self.producer.produce
-        done = 0
+        done = nbytes = 0
         try:
             if messages is not None:
                 # straight from the consumer's messages: no Record per copied record
                 for m in messages:
                     value, k, ts, headers = m.value(), m.key(), m.timestamp()[1], m.headers()
                     done += 1
+                    if value:
+                        nbytes += len(value)
+                    if k:
+                        nbytes += len(k)
+                    if done == n:
+                        entry[2] = nbytes  # before the produce that may report it
                     report = cb if done == n else None
                     try:
                         produce(topic, value, k, partition, report, None, ts, headers)
@@ -715,6 +724,9 @@ class SinkProducers:
                 for r in records:
                     headers = list(r.headers) if r.headers else None
                     done += 1
+                    nbytes += len(r.value or b"") + len(r.key or b"")
+                    if done == n:
+                        entry[2] = nbytes
                     report = cb if done == n else None
                     try:
                         produce(topic, r.value, r.key, partition, report, None, r.timestamp, headers)
@@ -722,7 +734,7 @@ class SinkProducers:
                         self._produce_when_room(topic, r.value, r.key, partition, r.timestamp, headers, report)
         except BaseException:
             # the record `done` was not queued, so the run's report will never come
-            pending.remove((last, n))
+            pending.remove(entry)
             if done > 1:
                 self._untracked[key] = time.monotonic() + self.delivery_timeout_ms / 1000 + 5
             raise
@@ -743,8 +755,8 @@ class SinkProducers:
         tally = self._tallies.get((topic, partition))
         if tally is None or not tally.count:
             return NO_REPORTS
-        out = Reports(tally.count, tally.last_expected, tuple(tally.mismatches))
-        tally.count = 0
+        out = Reports(tally.count, tally.last_expected, tuple(tally.mismatches), tally.bytes)
+        tally.count = tally.bytes = 0
         tally.mismatches.clear()
         return out
 

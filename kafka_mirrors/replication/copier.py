@@ -162,7 +162,6 @@ class PartitionCopier:
         records = result.records
         if records:
             self._progress.records_fetched += len(records)
-            self._progress.bytes_fetched += result.bytes
             self._plan_records(records)
             self._send()
         else:
@@ -383,10 +382,8 @@ class PartitionCopier:
         count = reports.count
         if count:
             self._in_flight -= count
-            pr = self._progress
-            pr.records_copied += count
-            if pr.records_fetched:
-                pr.bytes_copied += count * pr.bytes_fetched // pr.records_fetched
+            self._progress.records_copied += count
+            self._progress.bytes_copied += reports.bytes
             self._confirmed = max(self._confirmed, reports.last_expected + 1)
 
     def _verify(self, c: Confirmation) -> None:

@@ -46,9 +46,6 @@ class FetchResult:
     # fetch saw it. The copier acts on end_offset only when nothing unstable lies beyond it
     # (end_offset == high watermark); without this field it asks offsets() when idle.
     high_watermark: int | None = None
-    # Optional: the bytes of `records` (keys and values), as the source estimates them
-    # (SourceFeed counts each fetched run at the size of its first record)
-    bytes: int = 0
 
 
 class PartitionSource(Protocol):
@@ -88,6 +85,7 @@ class Reports(NamedTuple):
     count: int  # reports taken, good and bad
     last_expected: int | None = None  # the source offset the last of them copies
     mismatches: tuple[Confirmation, ...] = ()  # an error, or an offset other than expected; in order
+    bytes: int = 0  # keys and values of the records these reports confirm (0: not counted)
 
     @staticmethod
     def of(confirmations: Sequence[Confirmation]) -> "Reports":
@@ -159,8 +157,7 @@ class PartitionProgress:
     next_offset: int = 0  # next source offset to copy == destination log end offset
     records_copied: int = 0
     records_fetched: int = 0
-    bytes_fetched: int = 0   # estimated by the source (FetchResult.bytes)
-    bytes_copied: int = 0    # records copied at the mean size of the records fetched
+    bytes_copied: int = 0    # keys and values of the records copied (Reports.bytes)
     fillers_written: int = 0
     offsets_lost_to_source_retention: int = 0
     last_error: str | None = None
