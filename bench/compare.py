@@ -1,7 +1,7 @@
 """Side by side: kafka-mirrors against MirrorMaker 2 (tuned, and at its defaults) and the
 raw producer ceiling, over several workloads, in one run on the same brokers (issue 10).
 
-    .venv/bin/python bench/compare.py --quick        # 3 workloads, small, a few minutes
+    .venv/bin/python bench/compare.py --quick        # 3 workloads, small, ~6 minutes
     .venv/bin/python bench/compare.py                # every workload + distance, ~20 minutes
 
 It starts two single-node clusters of its own with scripts/kafka-local (state in
@@ -462,15 +462,18 @@ class Toxiproxy:
         self.proc = subprocess.Popen([built.stdout.strip(), "-host", "127.0.0.1", "-port", str(self.api_port)],
                                      stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                self._api("GET", "/version")
-                return
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"toxiproxy did not answer (log {logfile})")
-                time.sleep(0.2)
+        try:
+            while True:
+                try:
+                    self._api("GET", "/version")
+                    return
+                except OSError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"toxiproxy did not answer (log {logfile})")
+                    time.sleep(0.2)
+        except BaseException:  # never leave the server behind
+            self.stop()
+            raise
 
     def _api(self, method: str, path: str, body: dict | None = None):
         req = urllib.request.Request(f"http://127.0.0.1:{self.api_port}{path}", method=method,
