@@ -88,7 +88,7 @@ class PartitionSample:
         return None
 
 
-COUNTERS = ("records_copied", "records_fetched", "bytes_copied", "fillers_written",
+COUNTERS = ("records_copied", "records_fetched", "bytes_fetched", "bytes_copied", "fillers_written",
             "offsets_lost_to_source_retention")
 
 
@@ -252,6 +252,8 @@ class WorkerCollector:
         src_end = g("partition_source_end_offset", "Source offset the lag is measured from", P)
         copied = c("partition_records_copied", "Source records written to the destination", P)
         fetched = c("partition_records_fetched", "Source records fetched (read_committed)", P)
+        b_fetched = c("partition_bytes_fetched", "Bytes of keys and values fetched and handed to the "
+                      "producer (ahead of bytes copied by the writes in flight)", P)
         b_copied = c("partition_bytes_copied", "Bytes of keys and values written to the destination "
                      "(counted as they are written)", P)
         fillers = c("partition_fillers_written", "Filler records written over source gaps", P)
@@ -277,10 +279,11 @@ class WorkerCollector:
                 last.add_metric(labels, dest_end - 1)
             copied.add_metric(labels, totals["records_copied"])
             fetched.add_metric(labels, totals["records_fetched"])
+            b_fetched.add_metric(labels, totals["bytes_fetched"])
             b_copied.add_metric(labels, totals["bytes_copied"])
             fillers.add_metric(labels, totals["fillers_written"])
             lost.add_metric(labels, totals["offsets_lost_to_source_retention"])
-        yield from (lag, lag_s, last, src_end, copied, fetched, b_copied, fillers, lost)
+        yield from (lag, lag_s, last, src_end, copied, fetched, b_fetched, b_copied, fillers, lost)
 
         state = g("mirror_state", "1 for the mirror's current state in the state store", ["link", "mirror", "state"])
         copy = g("mirror_copy_status", "1 for what this worker is doing with the mirror",

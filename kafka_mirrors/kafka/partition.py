@@ -680,21 +680,20 @@ class SinkProducers:
             self._callbacks[key] = cb
         return cb
 
-    def produce(self, topic: str, partition: int, records: Sequence[Record]) -> None:
+    def produce(self, topic: str, partition: int, records: Sequence[Record]) -> int:
         """Queue a run of records whose source offsets follow each other (the copier's
-        chunks are such runs); only the last one's delivery is reported."""
+        chunks are such runs); only the last one's delivery is reported. Returns the bytes
+        of their keys and values."""
         n = len(records)
         if not n:
-            return
+            return 0
         key = (topic, partition)
         messages = records.messages if type(records) is MessageRecords else None
         first, last = ((messages[0].offset(), messages[-1].offset()) if messages is not None
                        else (records[0].offset, records[-1].offset))
         if last - first != n - 1:
             # not one run: every record reported on its own (never the copier's chunks)
-            for i in range(n):
-                self.produce(topic, partition, records[i:i + 1])
-            return
+            return sum(self.produce(topic, partition, records[i:i + 1]) for i in range(n))
         cb = self._reporter(key)
         pending = self.pending[key]
         entry = [last, n, 0]  # the run's bytes are filled in once all of it is queued
@@ -739,6 +738,7 @@ class SinkProducers:
                 self._untracked[key] = time.monotonic() + self.delivery_timeout_ms / 1000 + 5
             raise
         self.producer.poll(0)
+        return nbytes
 
     def _produce_when_room(self, topic, value, key, partition, timestamp, headers, cb) -> None:
         while True:
@@ -920,8 +920,8 @@ class KafkaPartitionSink:
             self.delete_records_before(cut)
 
     # -- fast path
-    def produce(self, records: Sequence[Record]) -> None:
-        self.producers.produce(self.topic, self.partition, records)
+    def produce(self, records: Sequence[Record]) -> int:
+        return self.producers.produce(self.topic, self.partition, records)
 
     def confirmations(self) -> Reports:
         return self.producers.take_confirmations(self.topic, self.partition)

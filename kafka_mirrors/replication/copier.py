@@ -351,9 +351,11 @@ class PartitionCopier:
         if batch:
             self._batch = []
             produce = self._sink.produce
+            sent_bytes = 0
             for chunk in batch:
-                produce(chunk)
+                sent_bytes += produce(chunk) or 0
                 self._in_flight += len(chunk)
+            self._progress.bytes_fetched += sent_bytes
             self._count("batches")
 
     def _send_and_flush(self) -> None:

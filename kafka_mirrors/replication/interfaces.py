@@ -106,10 +106,11 @@ class PartitionSink(Protocol):
 
     def log_start_offset(self) -> int: ...
 
-    def produce(self, records: Sequence[Record]) -> None:
+    def produce(self, records: Sequence[Record]) -> int | None:
         """Fast path: append through the idempotent (non-transactional) producer,
         asynchronously. Each record is expected to land at record.offset. `records` may be
-        a sequence the source made (a sink may recognise its own kind and skip Record)."""
+        a sequence the source made (a sink may recognise its own kind and skip Record).
+        May return the bytes of the records' keys and values (for the metrics)."""
 
     def confirmations(self) -> Reports:
         """Delivery reports that arrived since the last call, checked (serves the poll loop)."""
@@ -157,6 +158,7 @@ class PartitionProgress:
     next_offset: int = 0  # next source offset to copy == destination log end offset
     records_copied: int = 0
     records_fetched: int = 0
+    bytes_fetched: int = 0   # keys and values of the fetched records handed to the sink
     bytes_copied: int = 0    # keys and values of the records copied (Reports.bytes)
     fillers_written: int = 0
     offsets_lost_to_source_retention: int = 0

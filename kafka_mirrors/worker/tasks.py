@@ -547,6 +547,7 @@ class CopyPlane:
             "next_offset": pr.next_offset,
             "records_copied": pr.records_copied,
             "records_fetched": pr.records_fetched,
+            "bytes_fetched": pr.bytes_fetched,
             "bytes_copied": pr.bytes_copied,
             "fillers_written": pr.fillers_written,
             "offsets_lost_to_source_retention": pr.offsets_lost_to_source_retention,

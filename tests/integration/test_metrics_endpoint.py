@@ -21,7 +21,7 @@ NAMED = [
     "kafka_mirrors_partition_lag_records", "kafka_mirrors_partition_lag_seconds",
     "kafka_mirrors_partition_last_copied_offset", "kafka_mirrors_partition_records_copied_total",
     "kafka_mirrors_partition_fillers_written_total", "kafka_mirrors_partition_records_fetched_total",
-    "kafka_mirrors_partition_bytes_copied_total",
+    "kafka_mirrors_partition_bytes_fetched_total", "kafka_mirrors_partition_bytes_copied_total",
     "kafka_mirrors_partition_offsets_lost_to_source_retention_total",
     "kafka_mirrors_mirror_state", "kafka_mirrors_link_max_lag_records", "kafka_mirrors_link_max_lag_seconds",
     "kafka_mirrors_heartbeat_age_seconds", "kafka_mirrors_worker_partitions_served",
@@ -93,6 +93,7 @@ def test_metrics_endpoint_moves_with_the_copy_and_lag_rises_while_paused(mirrori
     bytes_copied = _sum(got, "kafka_mirrors_partition_bytes_copied_total", topic)
     held = sum(len(r.key or b"") + len(r.value or b"") for p in (0, 1) for r in mt.snapshot(m.source, topic, p))
     assert bytes_copied == held, (bytes_copied, held)  # keys and values, counted exactly
+    assert _sum(got, "kafka_mirrors_partition_bytes_fetched_total", topic) == held  # nothing in flight now
 
     # 2. records copied moves as records are produced
     mt.produce_records(m.source, topic, mt.make_records(40, seed=5), partitions=2)

@@ -630,3 +630,21 @@ def test_idle_requests_are_rate_limited_and_a_foreign_write_is_still_caught():
     with pytest.raises(PartitionFailed) as failed:
         c.step(0.0)
     assert failed.value.offset == 20
+
+
+def test_progress_counts_the_bytes_the_sink_says_it_was_handed_and_those_confirmed():
+    src = FakePartitionLog()
+    for i in range(5):
+        src.append(b"k", b"%d" % i)
+    dst = FakePartitionLog()
+
+    class CountingSink(FakeSink):
+        def produce(self, records):
+            super().produce(records)
+            return 10 * len(records)
+
+    c = copier(FakeSource(src), CountingSink(dst))
+    c.start()
+    run(c, src, dst)
+    # the held record too: run() goes on until the end is known and it is written
+    assert c.progress.records_fetched == 5 and c.progress.bytes_fetched == 50

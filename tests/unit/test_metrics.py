@@ -35,7 +35,7 @@ def _rec(topic: str, state: str = st.ACTIVE, partitions: int = 2) -> st.MirrorRe
 
 def _prog(hw, nxt, copied=0, fillers=0, lost=0) -> dict:
     return {"source_high_watermark": hw, "next_offset": nxt, "records_copied": copied,
-            "records_fetched": copied + 1, "bytes_copied": 100 * copied,
+            "records_fetched": copied + 1, "bytes_fetched": 100 * (copied + 1), "bytes_copied": 100 * copied,
             "fillers_written": fillers, "offsets_lost_to_source_retention": lost}
 
 
@@ -101,6 +101,7 @@ def test_partition_series_from_the_progress_view(world):
     assert got[("kafka_mirrors_partition_fillers_written_total", _p("orders", 1))] == 2
     assert got[("kafka_mirrors_partition_records_fetched_total", _p("orders", 0))] == 101
     assert got[("kafka_mirrors_partition_bytes_copied_total", _p("orders", 1))] == 1000
+    assert got[("kafka_mirrors_partition_bytes_fetched_total", _p("orders", 0))] == 10100
     assert got[("kafka_mirrors_partition_offsets_lost_to_source_retention_total", _p("orders", 1))] == 3
     # the paused mirror is measured from ListOffsets (the copy plane does not fetch it)
     assert got[("kafka_mirrors_partition_lag_records", _p("paused", 0))] == 10
