@@ -121,7 +121,7 @@ def test_worker_sigkilled_in_a_loop_while_records_flow(mirroring, cli, source, d
 
 # ------------------------------------------------------------------ SIGSTOP
 
-@pytest.mark.parametrize("stop_s", [pytest.param(15.0, id="ci"), pytest.param(60.0, id="heavy", marks=pytest.mark.heavy)])
+@pytest.mark.parametrize("stop_s", [pytest.param(10.0, id="ci"), pytest.param(60.0, id="heavy", marks=pytest.mark.heavy)])
 def test_worker_sigstopped_under_load_then_resumed(mirroring, cli, source, destination, local_kafka, stop_s):
     m = mirroring
     group = sync_offsets(cli, m)

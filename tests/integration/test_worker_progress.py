@@ -21,17 +21,30 @@ from tests.ptyterm import PtyCommand
 
 pytestmark = pytest.mark.integration
 
-# far more than the 10,000 records behind that make a mirror "catching up", so the view
-# the copy plane publishes 2 s after its start still shows the copy far behind
-RECORDS_PER_PARTITION = 250_000
+# far more than the 10,000 records behind that make a mirror "catching up"
+RECORDS_PER_PARTITION = 50_000
+COMMITTED = 100  # per partition, before the open transaction
 
 
-def _backlog_mirror(m) -> str:
+def _backlog_mirror(m):
+    """A mirror far behind for as long as the test wants: each partition holds COMMITTED
+    records, then an open transaction, then the backlog, which read_committed cannot see
+    (nor copy) until the transaction ends. A copy of 500,000 small records took less than
+    the 2 s between two progress views on a quiet machine, so a backlog alone raced.
+    Returns (topic, the open transaction's producer: commit it to let the copy go on)."""
     topic = m.source.create_topic(unique("catchup"), partitions=2)
     now_ms = int(time.time() * 1000)
+    mt.produce_records(m.source, topic, (mt.Record(None, b"c" * 50, [], now_ms) for _ in range(2 * COMMITTED)),
+                       partitions=2)
+    tx = m.source.producer(**{"transactional.id": unique("catchup-tx"), "transaction.timeout.ms": 300000})
+    tx.init_transactions(30)
+    tx.begin_transaction()
+    for p in (0, 1):
+        tx.produce(topic, value=b"held", partition=p)
+    assert tx.flush(30) == 0
     mt.produce_records(m.source, topic, (mt.Record(None, b"v" * 50, [], now_ms)
                                          for _ in range(2 * RECORDS_PER_PARTITION)), partitions=2)
-    return m.mirror(topic)
+    return m.mirror(topic), tx
 
 
 @pytest.fixture
@@ -50,13 +63,19 @@ def terminal():
 
 def test_json_logs_without_a_terminal_parse_and_report_the_catch_up(mirroring):
     m = mirroring
-    topic = _backlog_mirror(m)
+    topic, tx = _backlog_mirror(m)
     log_path = m.tmp_path / "worker-json.log"
     with open(log_path, "wb") as log:
         w = subprocess.Popen([sys.executable, "-m", "kafka_mirrors", "--registry", str(m.registry_path),
                               "run", "--link", m.name, "--log-format", "json"],
                              stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL)
     m.procs.append(w)  # stopped at teardown by the fixture, even when the test fails
+
+    def catching_up_logged():
+        assert w.poll() is None, log_path.read_text()[-3000:]
+        return any('] catching up: ' in line for line in log_path.read_text().splitlines())
+    mt.wait_until(catching_up_logged, 60, "a catching-up line", interval=0.5)
+    tx.commit_transaction(30)  # the backlog becomes visible: the copy goes on
     m.wait_caught_up(topic, timeout=180)
 
     def caught_up_logged():
@@ -74,7 +93,9 @@ def test_json_logs_without_a_terminal_parse_and_report_the_catch_up(mirroring):
     assert catching, text[-3000:]
     first = catching[0]
     assert (first["link"], first["mirror"]) == (m.name, topic)
-    assert 10_000 < first["lag_records"] <= 2 * RECORDS_PER_PARTITION
+    # per partition: the backlog, the open transaction's record, and the last committed
+    # record (held back until what follows it is known)
+    assert 10_000 < first["lag_records"] <= 2 * (RECORDS_PER_PARTITION + 2)
     done = [x for x in lines if x["message"].startswith(f"[{m.name}/{topic}] caught up: ")]
     assert len(done) == 1 and done[0]["lag_records"] < 1_000
     assert lines[-1]["message"].endswith("stopped") and lines[-1]["level"] == "INFO"
@@ -82,7 +103,7 @@ def test_json_logs_without_a_terminal_parse_and_report_the_catch_up(mirroring):
 
 def test_on_a_terminal_the_catch_up_is_a_progress_bar_with_eta(mirroring, terminal):
     m = mirroring
-    topic = _backlog_mirror(m)
+    topic, tx = _backlog_mirror(m)
     t = terminal(["--registry", str(m.registry_path), "run", "--link", m.name])
     name = f"{m.name}/{topic}"
     # the bar: NAME ━━━━ COPIED/TOTAL RATE ETA H:MM:SS (TOTAL: what it was behind when first seen)
@@ -90,6 +111,7 @@ def test_on_a_terminal_the_catch_up_is_a_progress_bar_with_eta(mirroring, termin
     bar = t.wait_screen(lambda s: shape.search(s) is not None, "a progress bar with ETA", timeout=120)
     (m.tmp_path / "worker-bar.txt").write_text(bar)
     print("kafka-mirrors run on a terminal:\n" + bar)
+    tx.commit_transaction(30)  # the backlog becomes visible: the copy goes on
     done = t.wait_screen(lambda s: f"[{name}] caught up: " in s, "the caught-up line", timeout=180)
     # the bar is gone once caught up; the log lines stayed plain text
     assert not any(line.startswith(name) and "ETA" in line for line in done.splitlines()[-3:])
