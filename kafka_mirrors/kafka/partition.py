@@ -696,7 +696,7 @@ class SinkProducers:
             return sum(self.produce(topic, partition, records[i:i + 1]) for i in range(n))
         cb = self._reporter(key)
         pending = self.pending[key]
-        entry = [last, n, 0]  # the run's bytes are filled in once all of it is queued
+        entry = [last, n, 0]  # the run's bytes are set once all of it is queued
         pending.append(entry)
         # positional arguments (topic, value, key, partition, callback, on_delivery,
         # timestamp, headers): Producer.produce parses keywords at twice the cost
@@ -712,8 +712,6 @@ class SinkProducers:
                         nbytes += len(value)
                     if k:
                         nbytes += len(k)
-                    if done == n:
-                        entry[2] = nbytes  # before the produce that may report it
                     report = cb if done == n else None
                     try:
                         produce(topic, value, k, partition, report, None, ts, headers)
@@ -724,8 +722,6 @@ class SinkProducers:
                     headers = list(r.headers) if r.headers else None
                     done += 1
                     nbytes += len(r.value or b"") + len(r.key or b"")
-                    if done == n:
-                        entry[2] = nbytes
                     report = cb if done == n else None
                     try:
                         produce(topic, r.value, r.key, partition, report, None, r.timestamp, headers)
@@ -737,6 +733,9 @@ class SinkProducers:
             if done > 1:
                 self._untracked[key] = time.monotonic() + self.delivery_timeout_ms / 1000 + 5
             raise
+        # no poll served this run's report yet (its callback rides on the last record,
+        # queued just now): its bytes are set before the poll that may call it
+        entry[2] = nbytes
         self.producer.poll(0)
         return nbytes
 
