@@ -8,9 +8,13 @@ Keys (UTF-8) and JSON values:
     mirror/<link>/<topic>                   MirrorRecord (topic = mirror topic on the destination)
     worker/<link>/<worker_id>               {worker_id, host, pid, heartbeat_at, serving:
                                              {topic: "0-99,105"}} (older: a partitions list)
-    progress/<link>/<topic>                 {partitions: {"<p>": {next_offset, records_copied,
+    progress/<link>/<topic>/s<k>            {partitions: {"<p>": {next_offset, records_copied,
                                              fillers_written, offsets_lost_to_source_retention,
-                                             updated_at?}}, updated_at}: one record per mirror
+                                             updated_at?}}, updated_at}: the partitions of one
+                                             mirror in slot k (slot_of), written by the worker
+                                             that owns the slot (several workers per link)
+    progress/<link>/<topic>                 the same for every partition of a mirror, as
+                                             single-worker versions wrote it
     progress/<link>/<topic>/<partition>     one partition's dict, as older workers wrote it
     ack/<link>/<topic>/<worker_id>          {state, at}: a worker saw a stop
 
@@ -33,6 +37,7 @@ import json
 import logging
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from typing import Any, Iterable
@@ -122,8 +127,23 @@ def progress_key(link: str, topic: str, partition: int) -> str:
 
 
 def mirror_progress_key(link: str, topic: str) -> str:
-    """Every partition's progress of one mirror in one record (what workers write now)."""
+    """Every partition's progress of one mirror in one record (single-worker versions)."""
     return f"progress/{link}/{topic}"
+
+
+# A link's mirror partitions are shared among its workers in SLOTS slots: the units of
+# assignment of the worker group (worker/membership.py) and of the transactional ids
+# (kafka.partition.SinkProducers). The mapping never changes.
+SLOTS = 16
+
+
+def slot_of(topic: str, partition: int) -> int:
+    return zlib.crc32(f"{topic}/{partition}".encode()) % SLOTS
+
+
+def slot_progress_key(link: str, topic: str, slot: int) -> str:
+    """The progress of one mirror's partitions in one slot (what workers write now)."""
+    return f"progress/{link}/{topic}/s{slot}"
 
 
 def ack_key(link: str, topic: str, worker_id: str) -> str:
@@ -217,6 +237,8 @@ class StateSnapshot:
     _legacy: dict[tuple[str, int], tuple[int, dict]] = field(default_factory=dict, repr=False, compare=False)
     _legacy_parts: dict[str, set[int]] = field(default_factory=dict, repr=False, compare=False)
     _per_mirror: dict[str, tuple[int, dict[int, dict]]] = field(default_factory=dict, repr=False, compare=False)
+    _per_slot: dict[tuple[str, int], tuple[int, dict[int, dict]]] = field(default_factory=dict, repr=False,
+                                                                           compare=False)
     _seq: int = field(default=0, repr=False, compare=False)
 
     @property
@@ -253,9 +275,12 @@ class StateSnapshot:
             elif kind == "worker":
                 _put(self.workers, rest, value)
             elif kind == "progress":
-                # topic names cannot hold '/': "<topic>" is per mirror, "<topic>/<p>" older
+                # topic names cannot hold '/': "<topic>/s<k>" per slot, "<topic>" per
+                # mirror, "<topic>/<p>" older
                 topic, per_partition, partition = rest.partition("/")
-                if per_partition:
+                if per_partition and partition.startswith("s"):
+                    self._apply_mirror_progress(topic, value, slot=int(partition[1:]))
+                elif per_partition:
                     self._apply_partition_progress(topic, int(partition), value)
                 else:
                     self._apply_mirror_progress(topic, value)
@@ -283,7 +308,8 @@ class StateSnapshot:
             self._legacy_parts.setdefault(topic, set()).add(partition)
         self._progress_of(topic, (partition,))
 
-    def _apply_mirror_progress(self, topic: str, value: Any) -> None:
+    def _apply_mirror_progress(self, topic: str, value: Any, slot: int | None = None) -> None:
+        """A per-mirror record (slot None) or a per-slot one."""
         new: dict[int, dict] = {}
         if value is not None:
             parts = value["partitions"]
@@ -295,20 +321,37 @@ class StateSnapshot:
                     raise TypeError(f"progress of partition {p!r} is not an object")
                 new[int(p)] = v if updated is None or "updated_at" in v else {**v, "updated_at": updated}
         self._seq += 1
-        old = self._per_mirror.pop(topic, (0, {}))[1]
-        if value is not None:
-            self._per_mirror[topic] = (self._seq, new)
-        self._progress_of(topic, set(old) | set(new) | self._legacy_parts.get(topic, set()))
+        if slot is None:
+            old = self._per_mirror.pop(topic, (0, {}))[1]
+            if value is not None:
+                self._per_mirror[topic] = (self._seq, new)
+            touched = set(old) | set(new) | self._legacy_parts.get(topic, set())
+            touched |= {p for (t, _), (_, ps) in self._per_slot.items() if t == topic for p in ps}
+        else:
+            old = self._per_slot.pop((topic, slot), (0, {}))[1]
+            if value is not None:
+                self._per_slot[(topic, slot)] = (self._seq, new)
+            touched = set(old) | set(new) | self._legacy_parts.get(topic, set())
+            per_mirror = self._per_mirror.get(topic)
+            if per_mirror is not None:
+                touched |= set(per_mirror[1])
+            touched = {p for p in touched if slot_of(topic, p) == slot}
+        self._progress_of(topic, touched)
 
     def _progress_of(self, topic: str, partitions: Iterable[int]) -> None:
-        """Bring progress[(topic, p)] up to date: the later of the two formats' records."""
-        seq_m, per_mirror = self._per_mirror.get(topic, (None, None))
+        """Bring progress[(topic, p)] up to date: the newest record that covers p, of
+        three formats: the per-partition record of p, the per-mirror record (covers every
+        partition), the per-slot record of p's slot. The newest covering record wins even
+        when it does not list p (a worker's report leaves out partitions it no longer has)."""
+        per_mirror = self._per_mirror.get(topic)
         for p in partitions:
-            legacy = self._legacy.get((topic, p))
-            if per_mirror is not None and (legacy is None or seq_m > legacy[0]):
-                value = per_mirror.get(p)
-            else:
-                value = legacy[1] if legacy else None
+            best = self._legacy.get((topic, p))
+            value = best[1] if best else None
+            if per_mirror is not None and (best is None or per_mirror[0] > best[0]):
+                best, value = per_mirror, per_mirror[1].get(p)
+            per_slot = self._per_slot.get((topic, slot_of(topic, p)))
+            if per_slot is not None and (best is None or per_slot[0] > best[0]):
+                value = per_slot[1].get(p)
             _put(self.progress, (topic, p), value)
 
     def copy(self) -> "StateSnapshot":
@@ -322,6 +365,7 @@ class StateSnapshot:
         out._legacy = dict(self._legacy)
         out._legacy_parts = {t: set(ps) for t, ps in self._legacy_parts.items()}
         out._per_mirror = dict(self._per_mirror)
+        out._per_slot = dict(self._per_slot)
         out._seq = self._seq
         return out
 
@@ -596,6 +640,7 @@ class StateStore:
         legacy = {k for k in snap.legacy_progress if k[0] == topic} | {k for k in snap.progress if k[0] == topic}
         self._put_many([(progress_key(self.link, t, p), None) for (t, p) in sorted(legacy)]
                        + [(mirror_progress_key(self.link, topic), None)]
+                       + [(slot_progress_key(self.link, topic, k), None) for k in range(SLOTS)]
                        + [(ack_key(self.link, t, w), None) for (t, w) in sorted(snap.acks) if t == topic]
                        + [(mirror_key(self.link, topic), None)])
 
@@ -709,28 +754,29 @@ class StateStore:
         self._put(worker_key(self.link, worker_id), None)
 
     def put_progress_many(self, progress: dict[tuple[str, int], dict]) -> None:
-        """A worker's progress report in one flush: one record per mirror
-        (`progress/<link>/<topic>`), which replaces that mirror's earlier one, so pass
-        every partition of each mirror reported. Per-partition keys of older workers
-        that the store's last read saw for these mirrors are tombstoned once, first."""
+        """A worker's progress report in one flush: one record per mirror and slot
+        (`progress/<link>/<topic>/s<k>`), which replaces that slot's earlier one, so pass
+        every partition of each (mirror, slot) reported. Per-partition keys of older
+        workers that the store's last read saw for these mirrors are tombstoned once, first."""
         now = time.time()
-        by_topic: dict[str, dict[int, dict]] = {}
+        by_topic: dict[tuple[str, int], dict[int, dict]] = {}
         for (t, p), v in progress.items():
-            by_topic.setdefault(t, {})[int(p)] = v
+            by_topic.setdefault((t, slot_of(t, int(p))), {})[int(p)] = v
+        topics = {t for t, _ in by_topic}
         items: list[tuple[str, Any]] = []
         if self._cache is not None:
             stale = sorted(k for k in self._cache.legacy_progress
-                           if k[0] in by_topic and k not in self._legacy_tombstoned)
+                           if k[0] in topics and k not in self._legacy_tombstoned)
             items += [(progress_key(self.link, t, p), None) for t, p in stale]
             self._legacy_tombstoned.update(stale)
-        for t, parts in sorted(by_topic.items()):
+        for (t, k), parts in sorted(by_topic.items()):
             stamps = [v.get("updated_at") for v in parts.values() if isinstance(v.get("updated_at"), (int, float))]
             updated = max(stamps, default=now)
             # a partition stamped like the record needs no stamp of its own (readers fill it in)
             value = {"partitions": {str(p): {k: x for k, x in v.items() if not (k == "updated_at" and x == updated)}
                                     for p, v in sorted(parts.items())},
                      "updated_at": updated}
-            items.append((mirror_progress_key(self.link, t), value))
+            items.append((slot_progress_key(self.link, t, k), value))
         self._put_many(items)
 
     def ack(self, topic: str, worker_id: str, state: str) -> None:

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import time
 import uuid
-import zlib
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -37,6 +36,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError, KafkaUnavailableError
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
+from kafka_mirrors.state import SLOTS, slot_of
 from kafka_mirrors.replication.interfaces import (
     NO_REPORTS,
     Confirmation,
@@ -615,7 +615,7 @@ class SinkProducers:
     it fences nothing of ours when made again. Threads: a constant, plus those of at most
     SLOTS producers, however many partitions."""
 
-    SLOTS = 16
+    SLOTS = SLOTS
     IDLE_CLOSE_S = 60.0
 
     def __init__(self, conf: Mapping[str, object], link: str, label: str,
@@ -795,9 +795,9 @@ class SinkProducers:
                 f"not confirmed within {timeout:g} s")
         return self.take_confirmations(topic, partition)
 
-    @classmethod
-    def slot(cls, topic: str, partition: int) -> int:
-        return zlib.crc32(f"{topic}/{partition}".encode()) % cls.SLOTS
+    @staticmethod
+    def slot(topic: str, partition: int) -> int:
+        return slot_of(topic, partition)
 
     def transactional_id(self, topic: str, partition: int) -> str:
         return f"kafka-mirrors/{self.link}/slot-{self.slot(topic, partition)}"
@@ -826,6 +826,16 @@ class SinkProducers:
             self.transactional[k] = p
             self.fenced_slots.add(k)
         return p
+
+    def drop_slot(self, k: int, flush: bool = True) -> None:
+        """The slot moved to another worker (or its producer failed): its transactional
+        producer is closed (the new owner's init_transactions fences it anyway) and made
+        and fenced again if the slot is used again."""
+        p = self.transactional.pop(k, None)
+        if p is not None and flush:
+            p.flush(5)
+        self.fenced_slots.discard(k)
+        self._last_used.pop(k, None)
 
     def close_idle(self, now: float | None = None) -> int:
         """Close the transactional producers not used for IDLE_CLOSE_S; returns how many."""
@@ -941,6 +951,15 @@ class KafkaPartitionSink:
             delay = min(delay * 2, 0.05)
 
     def _txn_write(self, records: Sequence[Record], commit: bool) -> Confirmation:
+        try:
+            return self._txn_write_once(records, commit)
+        except KafkaException:
+            # fenced (another worker owns the slot now), timed out or fatal: this producer
+            # is not used again; the copier backs off and a new one is made and fenced
+            self.producers.drop_slot(self.producers.slot(self.topic, self.partition), flush=False)
+            raise
+
+    def _txn_write_once(self, records: Sequence[Record], commit: bool) -> Confirmation:
         p = self.producers.txn_producer(self.topic, self.partition)
         results: list[Confirmation] = []
         expected = collections.deque(r.offset for r in records)

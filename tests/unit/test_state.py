@@ -490,50 +490,61 @@ def test_set_state_with_the_record_read_refuses_a_mirror_changed_meanwhile():
     assert store.snapshot().mirrors["orders"].state == STOPPED
 
 
-def test_progress_is_written_per_mirror_and_older_keys_are_tombstoned_once():
-    from kafka_mirrors.state import mirror_progress_key
+def test_progress_is_written_per_mirror_and_slot_and_older_keys_are_tombstoned_once():
+    from kafka_mirrors.state import slot_of, slot_progress_key
+    # orders-0 and orders-16 share a slot, orders-1 has another
+    assert slot_of("orders", 0) == slot_of("orders", 16) != slot_of("orders", 1)
+    s0, s1, sp = slot_of("orders", 0), slot_of("orders", 1), slot_of("pay", 0)
     log = FakeLog()
     log.write(progress_key("dr", "orders", 0), {"next_offset": 1})
     store = fake_store(log)
     store.snapshot()
     store.put_progress_many({("orders", 0): {"next_offset": 5, "updated_at": 9.0},
+                             ("orders", 16): {"next_offset": 4, "updated_at": 8.0},
                              ("orders", 1): {"next_offset": 6, "updated_at": 8.0},
                              ("pay", 0): {"next_offset": 7, "updated_at": 9.0}})
-    assert store.written[-1] == [
-        (progress_key("dr", "orders", 0), None),
-        (mirror_progress_key("dr", "orders"),
-         {"partitions": {"0": {"next_offset": 5}, "1": {"next_offset": 6, "updated_at": 8.0}}, "updated_at": 9.0}),
-        (mirror_progress_key("dr", "pay"), {"partitions": {"0": {"next_offset": 7}}, "updated_at": 9.0})]
+    assert store.written[-1] == [(progress_key("dr", "orders", 0), None)] + sorted([
+        (slot_progress_key("dr", "orders", s0),
+         {"partitions": {"0": {"next_offset": 5}, "16": {"next_offset": 4, "updated_at": 8.0}}, "updated_at": 9.0}),
+        (slot_progress_key("dr", "orders", s1), {"partitions": {"1": {"next_offset": 6}}, "updated_at": 8.0}),
+        (slot_progress_key("dr", "pay", sp), {"partitions": {"0": {"next_offset": 7}}, "updated_at": 9.0})],
+        key=lambda kv: (kv[0].split("/")[2], int(kv[0].rsplit("/s", 1)[1])))
     store.put_progress_many({("orders", 0): {"next_offset": 5}})
-    assert [k for k, _ in store.written[-1]] == [mirror_progress_key("dr", "orders")]
-    assert store.snapshot().progress[("orders", 0)]["next_offset"] == 5
+    assert [k for k, _ in store.written[-1]] == [slot_progress_key("dr", "orders", s0)]
+    snap = store.snapshot()
+    # the slot's newest record covers orders-16 too: it left it out, so it has no progress now
+    assert snap.progress[("orders", 0)]["next_offset"] == 5 and ("orders", 16) not in snap.progress
+    assert snap.progress[("orders", 1)]["next_offset"] == 6
 
 
-def test_delete_mirror_tombstones_both_progress_formats():
-    from kafka_mirrors.state import mirror_progress_key
+def test_delete_mirror_tombstones_every_progress_format():
+    from kafka_mirrors.state import SLOTS, mirror_progress_key, slot_progress_key
     log = FakeLog()
     log.write(mirror_key("dr", "orders"), rec().to_json())
     log.write(progress_key("dr", "orders", 3), {"next_offset": 1})
     log.write(mirror_progress_key("dr", "orders"), {"partitions": {"0": {}}, "updated_at": 1})
     log.write(ack_key("dr", "orders", "w1"), {"state": "stopped", "at": 1})
+    log.write(slot_progress_key("dr", "orders", 5), {"partitions": {"9": {}}, "updated_at": 1})
     store = fake_store(log)
     store.delete_mirror("orders")
     assert store.written[-1] == [(progress_key("dr", "orders", 0), None), (progress_key("dr", "orders", 3), None),
-                                 (mirror_progress_key("dr", "orders"), None), (ack_key("dr", "orders", "w1"), None),
-                                 (mirror_key("dr", "orders"), None)]
+                                 (mirror_progress_key("dr", "orders"), None)] + [
+        (slot_progress_key("dr", "orders", k), None) for k in range(SLOTS)] + [
+        (ack_key("dr", "orders", "w1"), None), (mirror_key("dr", "orders"), None)]
     snap = store.snapshot()
     assert snap.mirrors == {} and snap.progress == {} and snap.acks == {}
 
 
 def test_folding_only_the_last_record_of_each_key_incrementally_or_compacted_gives_the_full_fold():
     import random
-    from kafka_mirrors.state import mirror_progress_key
+    from kafka_mirrors.state import mirror_progress_key, slot_of, slot_progress_key
     rnd = random.Random(7)
-    for _ in range(200):
+    for _ in range(300):
         log = FakeLog()
         full = StateSnapshot("dr")
         store = fake_store(log)  # reads incrementally, at random points
-        for _ in range(rnd.randint(1, 30)):
+        live: dict[str, tuple[int, dict]] = {}  # the model: every live progress key's last write
+        for seq in range(rnd.randint(1, 30)):
             if rnd.random() < 0.2:
                 store.snapshot()
             t = rnd.choice(["a", "b"])
@@ -541,16 +552,37 @@ def test_folding_only_the_last_record_of_each_key_incrementally_or_compacted_giv
             if kind < 0.4:
                 key = progress_key("dr", t, rnd.randint(0, 2))
                 value = None if rnd.random() < 0.3 else {"next_offset": rnd.randint(0, 9)}
-            elif kind < 0.8:
+            elif kind < 0.6:
                 key = mirror_progress_key("dr", t)
                 value = None if rnd.random() < 0.2 else \
                     {"partitions": {str(p): {"next_offset": rnd.randint(0, 9)} for p in range(rnd.randint(0, 3))},
                      "updated_at": 1}
+            elif kind < 0.85:
+                k = slot_of(t, rnd.randint(0, 2))
+                key = slot_progress_key("dr", t, k)
+                value = None if rnd.random() < 0.2 else \
+                    {"partitions": {str(p): {"next_offset": rnd.randint(0, 9)} for p in range(3)
+                                    if slot_of(t, p) == k and rnd.random() < 0.7}, "updated_at": 1}
             else:
                 key = mirror_key("dr", t)
                 value = None if rnd.random() < 0.3 else rec(topic=t, updated_at=rnd.random()).to_json()
             log.write(key, value)
             full.apply(key, value)
+            if key.startswith("progress/"):
+                live.pop(key, None)
+                if value is not None:
+                    live[key] = (seq, value)
+        # the model: a partition's progress is its newest covering record's entry for it
+        for t in ("a", "b"):
+            for p in range(3):
+                covering = [live[k] for k in (progress_key("dr", t, p), mirror_progress_key("dr", t),
+                                              slot_progress_key("dr", t, slot_of(t, p))) if k in live]
+                want = None
+                if covering:
+                    seq, value = max(covering, key=lambda c: c[0])
+                    want = value if "partitions" not in value else value["partitions"].get(str(p))
+                got = full.progress.get((t, p))
+                assert (got and got["next_offset"]) == (want and want["next_offset"]), (t, p, live)
         for got in (fake_store(log).snapshot(), store.snapshot()):
             assert (got.mirrors, got.progress, got.legacy_progress) == \
                 (full.mirrors, full.progress, full.legacy_progress)
