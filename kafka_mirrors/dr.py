@@ -49,7 +49,8 @@ POLL_S = 0.3
 # ---------------------------------------------------------------- pure helpers
 
 def live_workers_for(snap: StateSnapshot, topic: str, now: float, alive_s: float = WORKER_ALIVE_S) -> list[str]:
-    """Workers with a fresh heartbeat that list a partition of `topic`: those must ack."""
+    """Workers with a fresh heartbeat that list a partition of `topic`, or that are one
+    of the link's group of workers (every one of those): those must ack."""
     return live_workers_by_topic(snap, [topic], now, alive_s)[topic]
 
 
@@ -57,12 +58,14 @@ def live_workers_by_topic(snap: StateSnapshot, topics: Iterable[str], now: float
                           alive_s: float = WORKER_ALIVE_S) -> dict[str, list[str]]:
     """live_workers_for of many topics, reading each heartbeat once (1,000 mirrors of a
     --all would otherwise parse every heartbeat 1,000 times)."""
-    served: dict[str, set[str]] = {}
+    served: dict[str, set[str] | None] = {}
     for wid, w in snap.workers.items():
         if now - float(w.get("heartbeat_at") or 0) > alive_s:
             continue
-        served[wid] = {t for t, _ in _worker_partitions(w)}
-    return {t: sorted(wid for wid, ts in served.items() if t in ts) for t in topics}
+        # a worker of a group (it reports its slots) answers for every mirror of the link:
+        # a slot may move to it at any moment, and it acknowledges every stop it sees
+        served[wid] = None if "slots" in w else {t for t, _ in _worker_partitions(w)}
+    return {t: sorted(wid for wid, ts in served.items() if ts is None or t in ts) for t in topics}
 
 
 def missing_acks(snap: StateSnapshot, topic: str, workers: Iterable[str], since: float,

@@ -43,6 +43,10 @@ def matches(name: str, include: Iterable[str], exclude: Iterable[str]) -> bool:
             and not any(re.fullmatch(p, name) for p in exclude))
 
 
+# the groups of kafka-mirrors workers (worker/membership.py): never copied
+WORKER_GROUP_PREFIX = "kafka-mirrors-workers."
+
+
 def select_groups(source_groups: Iterable[str], destination_states: Mapping[str, str],
                   include: Iterable[str], exclude: Iterable[str]) -> tuple[list[str], dict[str, str]]:
     """(groups to sync, {group: why skipped}). `destination_states` maps the groups the
@@ -51,8 +55,8 @@ def select_groups(source_groups: Iterable[str], destination_states: Mapping[str,
     include, exclude = list(include), list(exclude)
     chosen, skipped = [], {}
     for group in sorted(set(source_groups)):
-        if not matches(group, include, exclude):
-            continue
+        if group.startswith(WORKER_GROUP_PREFIX) or not matches(group, include, exclude):
+            continue  # kafka-mirrors' own worker groups (of a link whose destination is our source)
         state = destination_states.get(group)
         if state is not None and state.upper() not in IDLE_STATES:
             skipped[group] = f"active on the destination ({state.upper()})"

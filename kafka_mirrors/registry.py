@@ -151,6 +151,9 @@ LINK_OPTIONS: dict[str, LinkOption] = {
     "topic.config.sync.ms": LinkOption("int", "30000", "interval of the topic config sync", _parse_int(1)),
     "link.principal": LinkOption("str", "", "principal the link writes as on the destination (e.g. User:linker)",
                                  str),
+    "worker.session.timeout.ms": LinkOption(
+        "int", "10000", "session timeout of the link's workers in their group (a worker cut off longer "
+        "than this loses its partitions to the others)", _parse_int(6000)),
     "metrics.port": LinkOption("int", "0", "port of the worker's Prometheus metrics (0 = none; --metrics-port wins)",
                                _parse_port),
 }

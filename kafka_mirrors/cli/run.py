@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -32,11 +33,19 @@ def run(
                                          help="text, or json: one JSON object per line (ts, level, logger, "
                                          "message, extra fields). Either way the link's secret setting "
                                          "values are masked (******)."),
+    instance_id: str | None = typer.Option(
+        None, "--instance-id", help="A name for this worker that stays the same across its restarts (e.g. the "
+        "host name): a restart within worker.session.timeout.ms takes back its partitions without moving them. "
+        "Two running workers of a link must not share one."),
 ) -> None:
     """Copy every ACTIVE mirror of a link until SIGINT/SIGTERM.
 
     Logs go to stderr, each line prefixed [link/topic-pN]. On SIGINT or SIGTERM in-flight
     writes are finished and the worker exits 0.
+
+    Run as many workers of one link as you like, on any hosts: they share its mirror
+    partitions through a consumer group on the destination (kafka-mirrors-workers.LINK),
+    and a worker that stops or is cut off hands its partitions to the others.
 
     While a mirror is more than 10,000 records behind (its initial copy, say), a terminal
     shows a progress bar with copy rate and ETA; elsewhere a log line every 30 s says
@@ -48,6 +57,7 @@ def run(
       kafka-mirrors run --link dr --log-level debug
       kafka-mirrors run --link dr --metrics-port 9405
       kafka-mirrors run --link dr --log-format json
+      kafka-mirrors run --link dr --instance-id "$(hostname)"
     """
     app: Application = ctx.obj
     level = getattr(logging, log_level.upper(), None)
@@ -59,6 +69,9 @@ def run(
 
     if metrics_port is not None:
         check_port(metrics_port)
+    if instance_id is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", instance_id):
+        app.abort(f"--instance-id '{instance_id}' is not a valid name", 2,
+                  "use letters, digits, '.', '_' and '-' (at most 200), e.g. --instance-id \"$(hostname)\"")
     the_link = resolve_registry(app).get(link)
     port = metrics_port if metrics_port is not None else the_link.option("metrics.port")
     from kafka_mirrors.cli.progress import ConsoleLogHandler, ProgressReporter, wants_bar
@@ -82,7 +95,7 @@ def run(
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from confluent_kafka import KafkaException
 
-    worker = Worker(the_link, metrics=(metrics_host, port) if port else None)
+    worker = Worker(the_link, metrics=(metrics_host, port) if port else None, instance_id=instance_id)
     progress = ProgressReporter(worker.plane, the_link.name, console=app.err if bar else None).start()
     try:
         code = worker.run(stop)

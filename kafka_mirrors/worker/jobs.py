@@ -1,6 +1,8 @@
 """The worker's periodic jobs around the copy, in a thread of their own: following the
 source's metadata (new partitions, a deleted or re-created source topic), topic config
-sync, the read-only ACL re-check, consumer-offset sync and auto-created mirrors.
+sync, the read-only ACL re-check, consumer-offset sync and auto-created mirrors. Every
+worker of a link follows the metadata (each starts the new partitions of its own slots);
+the rest is done by one, the owner of slot 0 (worker/membership.py).
 
 Each can take seconds (a slow cluster, many groups), so none runs in the control loop
 (which must acknowledge stops within about 1 s) nor in the copy thread. They talk to the
@@ -76,6 +78,8 @@ class Jobs:
             if now >= due["metadata"]:
                 self._guard("following source metadata", self.follow_source_metadata)
                 due["metadata"] = time.monotonic() + METADATA_S
+            if not self.w.leads():
+                continue  # one worker of the link syncs configs, ACLs and offsets, and auto-creates
             if now >= due["configs"]:
                 self._guard("topic config sync", self.sync_configs)
                 due["configs"] = time.monotonic() + self.config_sync_s

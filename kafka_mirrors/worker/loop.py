@@ -19,8 +19,9 @@ unreachable (a fetch error, a failed call) copying waits while a non-blocking pr
 watches for its return; the state store keeps being followed all the while, and the
 freshest source high watermark seen is written as progress at once (failover's RPO).
 
-One worker per link for now; several workers sharing partitions through Kafka's group
-protocol is future work (docs/architecture.md).
+Any number of workers may run for one link, on any hosts: membership.py (a fourth
+thread) shares the link's slots of mirror partitions among them through a consumer group
+on the destination; the copy plane copies only the partitions of this worker's slots.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, NotFoundError
 from kafka_mirrors.kafka.admin import Admin
 from kafka_mirrors.worker.autocreate import AutoCreator
 from kafka_mirrors.worker.jobs import Jobs
+from kafka_mirrors.worker.membership import Membership, ensure_slots_topic
 from kafka_mirrors.worker.source_watch import SourceWatch
 from kafka_mirrors.worker.tasks import Command, CopyPlane
 
@@ -54,11 +56,12 @@ SOURCE_CALL_S = 2.0
 
 class Worker:
     def __init__(self, link, *, worker_id: str | None = None, delivery_timeout_ms: int = 30000,
-                 metrics: tuple[str, int] | None = None):
+                 metrics: tuple[str, int] | None = None, instance_id: str | None = None):
         self.link = link
         self.metrics = metrics  # (host, port) of the Prometheus endpoint (kafka_mirrors.metrics), or None
         self.last_heartbeat_at: float | None = None  # when a heartbeat was last written (for metrics)
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.instance_id = instance_id
         timeout = float(link.option("request.timeout.s"))
         self.timeout = timeout
         self.src_conf = link.source.client_config()
@@ -73,8 +76,13 @@ class Worker:
         self.errors: dict[str, str] = {}  # mirror -> the error it is backing off from
         self.notes: queue.SimpleQueue = queue.SimpleQueue()  # from the jobs thread
         self.source = SourceWatch(self.src_admin, max(self.source_timeout, 1.0))
+        self.membership = Membership(self.dst_conf, link.name, self.worker_id,
+                                     session_timeout_ms=int(link.option("worker.session.timeout.ms")),
+                                     delivery_timeout_ms=delivery_timeout_ms, instance_id=instance_id)
         self.plane = CopyPlane(link, self.src_conf, self.dst_conf, self.src_admin, self.dst_admin,
-                               self.source_timeout, timeout, self.worker_id, delivery_timeout_ms)
+                               self.source_timeout, timeout, self.worker_id, delivery_timeout_ms,
+                               ownership=self.membership)
+        self.membership.plane = self.plane
         self.auto_create = AutoCreator(link, self._create_mirror) \
             if link.option("auto.create.mirror.topics.enable") else None
         self.jobs = Jobs(self)
@@ -103,12 +111,19 @@ class Worker:
             if metrics is not None:
                 metrics.close()
 
+    def leads(self) -> bool:
+        """Whether this worker does the link's single-writer jobs (config, ACL and offset
+        sync, auto-create): the owner of slot 0, while its lease holds."""
+        return 0 in self.membership.owned and self.membership.lease_ok(time.monotonic())
+
     def _run(self, stop: threading.Event) -> int:
         self.store.ensure_topic()
+        ensure_slots_topic(self.dst_admin)
         snap = self.store.snapshot()
         follower = self.store.follow(snap.end_offset, snap.mirror_offsets)
         self.seen_offset = snap.end_offset  # every state record below it has been applied
         _quiet_gc()
+        self.membership.start()
         self.plane.start()
         self.jobs.start()
         log.info("[%s] worker %s started; %d mirror(s) on the link", self.link.name, self.worker_id,
@@ -130,6 +145,12 @@ class Worker:
                 if now >= next_beat:
                     self._heartbeat()
                     next_beat = now + HEARTBEAT_S
+                if self.membership.fatal or not self.membership.alive():
+                    log.error("[%s] the worker left its group (%s); the worker stops: run it again%s",
+                              self.link.name, self.membership.fatal or "membership thread ended",
+                              " with another --instance-id" if self.instance_id else "")
+                    code = 1
+                    break
                 if not self.plane.alive():
                     log.error("[%s] the copy thread ended (%s); the worker stops: run it again", self.link.name,
                               self.plane.crashed)
@@ -139,6 +160,7 @@ class Worker:
             self.jobs.close()
             self.plane.inbox.put(Command("shutdown"))
             self.plane.join(30)
+            self.membership.close()
             self._events()
             self._write_progress()
             self._heartbeat(final=True)
@@ -320,14 +342,16 @@ class Worker:
             log.warning("[%s] progress not written: %s", self.link.name, exc)
 
     def _serving(self) -> dict[str, str]:
-        """The partitions this worker answers for, as ranges per mirror: those of the
-        mirrors it copies and of ACTIVE mirrors waiting to start. It acknowledges their
-        stop either way, so failover waits for it."""
+        """The partitions this worker answers for, as ranges per mirror: those of its slots
+        in the mirrors it copies and in ACTIVE mirrors waiting to start. It acknowledges
+        every stop of the link either way, so failover waits for it (dr.py)."""
         out = {}
         status = self.plane.status()
+        owned = self.membership.owned
         for t in sorted(self.running | {t for t, r in self.known.items() if r.state == st.ACTIVE}):
             rec = self.known.get(t)
-            parts = set(status.get(t, {}).get("partitions") or ()) | set(range(rec.partitions if rec else 0))
+            parts = set(status.get(t, {}).get("partitions") or ()) | {
+                p for p in range(rec.partitions if rec else 0) if st.slot_of(t, p) in owned}
             if parts:
                 out[t] = st.format_partition_ranges(parts)
         return out
@@ -346,6 +370,12 @@ class Worker:
                     "source_unreachable_since": self.source.down_since,
                     "consumer_offset_sync": self.jobs.offset_sync,
                     "state_store_error": self.state_error,
+                    # the slots it owns (describe's OWNER), those in their grace, its group lease
+                    "slots": sorted(self.membership.owned) if self.membership.lease_ok(time.monotonic()) else [],
+                    "slots_waiting": sorted(self.membership.claimable_at),
+                    "instance_id": self.instance_id,
+                    "group_lease_error": None if self.membership.lease_ok(time.monotonic())
+                    else (self.membership.error or "no accepted commit yet"),
                 })
                 self.last_heartbeat_at = time.time()
         except KafkaMirrorsError as exc:

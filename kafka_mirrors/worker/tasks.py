@@ -107,7 +107,10 @@ class _Mirror:
     record: st.MirrorRecord
     compacted: bool = False
     tasks: dict[int, _Task] = field(default_factory=dict)
+    # tasks of slots this worker gave up (worker/membership.py), until their writes settled
+    releasing: dict[int, _Task] = field(default_factory=dict)
     to_start: list[int] = field(default_factory=list)
+    source_partitions: int = 0           # of the source topic, as the last prepare saw it
     prepared: bool = False
     stopping: bool = False
     stop_why: str = ""
@@ -122,10 +125,18 @@ class _Mirror:
     start_backoff: float = BACKOFF_MIN_S
 
 
+class AllSlots:
+    """The ownership of a worker alone on its link: every slot, always writable."""
+    owned = frozenset(range(st.SLOTS))
+
+    def lease_ok(self, now: float) -> bool:
+        return True
+
+
 class CopyPlane:
     def __init__(self, link, src_conf: dict, dst_conf: dict, src_admin: Admin, dst_admin: Admin,
                  source_timeout: float, timeout: float, worker_id: str,
-                 delivery_timeout_ms: int = 30000):
+                 delivery_timeout_ms: int = 30000, ownership=None):
         self.link = link
         self.name = link.name
         self.src_conf = src_conf
@@ -136,6 +147,11 @@ class CopyPlane:
         self.source_timeout = source_timeout
         self.worker_id = worker_id
         self.delivery_timeout_ms = delivery_timeout_ms
+        # which slots this worker copies (owned) and whether it may write now (lease_ok):
+        # worker/membership.py, or AllSlots
+        self.ownership = ownership or AllSlots()
+        self._owned: frozenset[int] = frozenset()  # the slots the tasks were last brought to
+        self._held: frozenset[int] = frozenset()   # _owned and slots with writes still settling
         self.inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.mirrors: dict[str, _Mirror] = {}
@@ -209,9 +225,10 @@ class CopyPlane:
                 shutdown_at = now
                 for m in self.mirrors.values():
                     self._begin_stop(m, "worker shutting down", ack=False)
+            self._apply_ownership()
             copying = self.source_ok.is_set() and shutdown_at is None
             progressed = False
-            if copying:
+            if copying and self.ownership.lease_ok(now):
                 self._restart_due(now)
                 self._starts(now)
                 progressed = self._steps(now)
@@ -219,6 +236,8 @@ class CopyPlane:
             self._settle_stops()
             if shutdown_at is not None and (not self.mirrors or now - shutdown_at > SHUTDOWN_DRAIN_S):
                 self._publish()
+                if not self.mirrors:
+                    self._held = frozenset()  # every write settled: membership releases all
                 return
             if was_ok and not copying:
                 self.publish_now.set()  # the freshest high watermarks, for failover's RPO
@@ -233,6 +252,87 @@ class CopyPlane:
                     self.feeds.pump(0.05)
                 else:
                     time.sleep(0.02)
+
+    # ------------------------------------------------------------ slots
+
+    def held_slots(self) -> frozenset[int]:
+        """The slots this worker copies or still has writes of in flight (membership hands
+        a slot over once it left this set)."""
+        return self._held
+
+    def _apply_ownership(self) -> None:
+        owned = self.ownership.owned
+        if owned != self._owned:
+            removed, added = self._owned - owned, owned - self._owned
+            self._owned = owned
+            for topic, m in self.mirrors.items():
+                if removed:
+                    self._release(m, removed)
+                if added and m.prepared and not m.stopping and m.restart_at is None:
+                    self._add_partitions(m, range(m.source_partitions))
+            if removed:
+                log.info("[%s] slot(s) %s released: their copiers stop", self.name,
+                         st.format_partition_ranges(sorted(removed)))
+            if added:
+                log.info("[%s] slot(s) %s taken: their partitions start", self.name,
+                         st.format_partition_ranges(sorted(added)))
+        held = set(owned)
+        for m in self.mirrors.values():
+            if m.releasing:
+                self._settle_releases(m)
+                held.update(st.slot_of(m.record.topic, p) for p in m.releasing)
+        if held != self._held:
+            # a slot gone and settled: its transactional producer goes too (fenced by the
+            # next owner anyway; made and fenced again if the slot comes back)
+            for k in [k for k in self.producers.transactional if k not in held]:
+                self.producers.drop_slot(k)
+            self._held = frozenset(held)
+
+    def _mine(self, topic: str, p: int) -> bool:
+        return st.slot_of(topic, p) in self._owned
+
+    def _add_partitions(self, m: _Mirror, partitions) -> list[int]:
+        topic = m.record.topic
+        new = [p for p in partitions if self._mine(topic, p) and p not in m.tasks and p not in m.releasing
+               and p not in m.to_start]
+        m.to_start.extend(new)
+        return new
+
+    def _release(self, m: _Mirror, slots: frozenset[int]) -> None:
+        topic = m.record.topic
+        m.to_start = [p for p in m.to_start if st.slot_of(topic, p) not in slots]
+        gone = [p for p in m.tasks if st.slot_of(topic, p) in slots]
+        if not gone:
+            return
+        for p in gone:
+            task = m.tasks.pop(p)
+            hw = self.feeds.high_watermark(m.record.source_topic, p)
+            if hw is not None:
+                self.source_hw[(topic, p)] = hw
+            task.source.release()
+            m.releasing[p] = task
+
+    def _settle_releases(self, m: _Mirror) -> None:
+        """Take the reports of released tasks; a task whose writes all settled goes (and
+        starts again if its slot came back meanwhile). A write that failed is no harm
+        here (the next owner starts from the destination's log end offset and checks
+        it); one that landed at another offset is, and fails the mirror."""
+        topic = m.record.topic
+        for p, task in list(m.releasing.items()):
+            try:
+                task.copier.settle()
+            except PartitionFailed as exc:
+                if not exc.reason.startswith("delivery failed"):
+                    self._fail(m, p, str(exc), exc.offset)
+                    continue
+                log.warning("[%s/%s-p%d] a write failed while its slot was released (%s); the next owner "
+                            "copies from the destination log end offset", self.name, topic, p, exc)
+            if self.producers.in_flight(topic, p):
+                continue
+            del m.releasing[p]
+            self.producers.forget(topic, p)
+            if m.prepared and not m.stopping and m.restart_at is None:
+                self._add_partitions(m, [p])
 
     def _commands(self) -> bool:
         """Apply every waiting command; True on shutdown."""
@@ -262,8 +362,8 @@ class CopyPlane:
             elif cmd.kind == "fail":
                 self._fail(m, cmd.partition, cmd.error, cmd.offset)
             elif cmd.kind == "partitions" and not m.stopping and m.prepared:
-                new = [p for p in range(cmd.count) if p not in m.tasks and p not in m.to_start]
-                m.to_start.extend(new)
+                m.source_partitions = max(m.source_partitions, cmd.count)
+                new = self._add_partitions(m, range(cmd.count))
                 if new:
                     log.info("[%s/%s] new source partition(s) %s: copying", self.name, cmd.topic, new)
 
@@ -356,12 +456,14 @@ class CopyPlane:
         if info.partitions > dst_parts:
             add_destination_partitions(self.dst_admin, rec.topic, info.partitions, self.timeout)
             log.info("[%s/%s] destination now has %d partitions", self.name, rec.topic, info.partitions)
-        m.to_start = [p for p in range(info.partitions) if p not in m.tasks]
+        m.source_partitions = info.partitions
+        m.to_start = []
+        self._add_partitions(m, range(info.partitions))
         m.partitions = dst_parts  # partitions added just now are checked first (_producer_knows)
         m.new_partitions_at = 0.0
         m.prepared = True
-        log.info("[%s/%s] copying %d partition(s) from '%s'", self.name, rec.topic,
-                 info.partitions, rec.source_topic)
+        log.info("[%s/%s] copying %d of %d partition(s) from '%s'", self.name, rec.topic,
+                 len(m.to_start), info.partitions, rec.source_topic)
         self.outbox.put(Event("started", rec.topic))
 
     def _producer_knows(self, m: _Mirror, p: int) -> bool:

@@ -84,6 +84,18 @@ def test_live_workers_are_fresh_and_serving_the_topic():
     assert dr.live_workers_for(s, "payments", NOW) == ["w-other"]
 
 
+def test_every_live_worker_of_a_group_must_acknowledge_whatever_slots_it_owns_now():
+    """A slot may move to any worker of the link's group between the stop and its
+    acknowledgement: each live one answers for every mirror (it acks every stop it sees)."""
+    s = snap(orders=ACTIVE, payments=ACTIVE)
+    s.workers = {"w1": {"heartbeat_at": NOW - 2, "slots": [0, 1], "serving": {"orders": "0"}},
+                 "w2": {"heartbeat_at": NOW - 1, "slots": [], "serving": {}},
+                 "w-dead": {"heartbeat_at": NOW - 30, "slots": list(range(2, 16)), "serving": {"orders": "1"}},
+                 "w-old": {"heartbeat_at": NOW - 1, "partitions": ["payments-0"]}}
+    assert dr.live_workers_for(s, "orders", NOW) == ["w1", "w2"]
+    assert dr.live_workers_for(s, "payments", NOW) == ["w-old", "w1", "w2"]
+
+
 def test_missing_acks_ignores_acks_older_than_the_stop():
     s = snap(orders=ACTIVE)
     s.acks = {("orders", "w1"): {"state": "stopped", "at": NOW - 100},   # from an earlier pause
