@@ -256,6 +256,32 @@ def worker_view(topic: str, workers: dict[str, dict], now: float,
             "workers_not_following_state": blind}
 
 
+def partition_owners(topic: str, partitions: Iterable[int], workers: dict[str, dict],
+                     now: float) -> dict[int, tuple[str, float]]:
+    """{partition: (worker id, heartbeat_at)}: the worker whose freshest heartbeat names the
+    partition's slot among its own (several workers share a link by slots), or, for a
+    worker that reports no slots (older versions), names the partition among those it serves."""
+    from kafka_mirrors.state import slot_of
+    by_slot: dict[int, tuple[float, str]] = {}
+    by_part: dict[int, tuple[float, str]] = {}
+    for wid, w in workers.items():
+        at = float(w.get("heartbeat_at") or 0)
+        if isinstance(w.get("slots"), list):
+            for k in w["slots"]:
+                if isinstance(k, int) and (k not in by_slot or by_slot[k] < (at, wid)):
+                    by_slot[k] = (at, wid)
+        else:
+            for t, p in _worker_partitions(w):
+                if t == topic and (p not in by_part or by_part[p] < (at, wid)):
+                    by_part[p] = (at, wid)
+    out = {}
+    for p in partitions:
+        hit = by_slot.get(slot_of(topic, p)) or by_part.get(p)
+        if hit is not None:
+            out[p] = (hit[1], hit[0])
+    return out
+
+
 def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], workers: dict[str, dict],
                       source_offsets: dict | None, destination_ends: dict[int, int] | None,
                       now: float, source_error: str | None = None, destination_error: str | None = None,
@@ -266,7 +292,9 @@ def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], 
     partitions = []
     # partitions the source added since the mirror was created show up too
     known = set(range(rec.partitions)) | set(source_offsets or {}) | set(destination_ends or {})
+    owners = partition_owners(rec.topic, known, workers, now)
     for p in sorted(known):
+        owner, beat = owners.get(p, (None, None))
         src = (source_offsets or {}).get(p)
         dst = (destination_ends or {}).get(p)
         prog = progress.get((rec.topic, p)) or {}
@@ -284,6 +312,10 @@ def build_mirror_view(rec: MirrorRecord, progress: dict[tuple[str, int], dict], 
             "fillers_written": prog.get("fillers_written", 0),
             "offsets_lost_to_source_retention": prog.get("offsets_lost_to_source_retention", 0),
             "progress_updated_at": prog.get("updated_at"),
+            # the worker that copies it (its slot's owner) and how fresh its heartbeat is
+            "owner": owner,
+            "owner_seconds_since_heartbeat": None if beat is None else max(0, int(now - beat)),
+            "owner_live": beat is not None and now - beat <= stale_after,
         })
     lags = [p["lag"] for p in partitions]
     total_lag = None if (not partitions or any(x is None for x in lags)) else sum(lags)

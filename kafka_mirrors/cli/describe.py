@@ -78,10 +78,20 @@ def render_text(app: Application, view: dict) -> None:
                     app.print(f"  {err}")
             app.table(
                 ["PARTITION", "SOURCE LOG START", "SOURCE LAST STABLE", "SOURCE HIGH WATERMARK",
-                 "DESTINATION LOG END", "LAG", "FILLERS", "LOST"],
+                 "DESTINATION LOG END", "LAG", "FILLERS", "LOST", "OWNER"],
                 [[p["partition"], p["source_log_start_offset"], p["source_last_stable_offset"],
                   p["source_high_watermark"], p["destination_log_end_offset"], p["lag"],
-                  p["fillers_written"], p["offsets_lost_to_source_retention"]] for p in m["partitions"]])
+                  p["fillers_written"], p["offsets_lost_to_source_retention"], _owner(p)]
+                 for p in m["partitions"]])
+
+
+def _owner(p: dict) -> str:
+    """The worker copying a partition, with its heartbeat's age when it is not fresh."""
+    if not p.get("owner"):
+        return "-"
+    if p.get("owner_live"):
+        return p["owner"]
+    return f"{p['owner']} (not seen for {p['owner_seconds_since_heartbeat']} s)"
 
 
 def render_and_check(app: Application, view: dict, output: OutputFormat, check: bool, max_lag: int | None) -> None:
