@@ -65,11 +65,13 @@ class Mirroring:
             store.close()
 
     # ---- workers
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, instance_id: str | None = None) -> subprocess.Popen:
+        """A worker of the link; with `instance_id` a static member of its group (a
+        restart takes back the killed one's slots at once, not after its session timeout)."""
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
         p = subprocess.Popen(
             [sys.executable, "-m", "kafka_mirrors", "--registry", str(self.registry_path),
-             "run", "--link", self.name],
+             "run", "--link", self.name, *(["--instance-id", instance_id] if instance_id else [])],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.procs.append(p)
@@ -111,7 +113,8 @@ class Mirroring:
                 if remaining <= 0:
                     break
                 target = now + max(1, int(remaining / (kills - k + 1) * rnd.uniform(0.3, 1.0)))
-                w = self.start_worker()
+                # the same instance id each time, as a service manager restarts a worker
+                w = self.start_worker(instance_id=f"{self.name}-restarted")
                 last, moved_at = now, time.monotonic()
                 while (n := copied()) < target and w.poll() is None:
                     if n != last:

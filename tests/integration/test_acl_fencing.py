@@ -29,6 +29,7 @@ from kafka_mirrors.kafka.admin import Admin
 from kafka_mirrors.readonly import refresh_read_only
 from kafka_mirrors.registry import Registry
 from kafka_mirrors.state import STATE_TOPIC, STOPPED, StateStore
+from kafka_mirrors.worker.membership import SLOTS_TOPIC
 from tests import mirrortools as mt
 
 pytestmark = pytest.mark.integration
@@ -57,6 +58,8 @@ def link_principal_acls(principal: str) -> list:
     specs += [(ResourceType.TOPIC, STATE_TOPIC, lit, principal, op, allow)
               for op in (AclOperation.CREATE, AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE,
                          AclOperation.DESCRIBE_CONFIGS)]
+    specs += [(ResourceType.TOPIC, SLOTS_TOPIC, lit, principal, op, allow)
+              for op in (AclOperation.CREATE, AclOperation.READ, AclOperation.DESCRIBE)]
     specs += [(ResourceType.GROUP, "kafka-mirrors-", pre, principal, AclOperation.READ, allow)]
     specs += [(ResourceType.TRANSACTIONAL_ID, "kafka-mirrors/", pre, principal, op, allow)
               for op in (AclOperation.WRITE, AclOperation.DESCRIBE)]

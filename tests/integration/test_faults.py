@@ -101,12 +101,14 @@ def test_worker_sigkilled_in_a_loop_while_records_flow(mirroring, cli, source, d
     injected = 0
     try:
         for _ in range(kills):
-            w = m.start_worker()
+            # one instance id throughout, as a service manager restarts a worker: the next
+            # takes the slots back at once, not after the killed one's session timeout
+            w = m.start_worker(instance_id=f"{m.name}-restarted")
             fx.wait_copying(m, w, topics)           # it copies: the kill lands mid-copy
             time.sleep(rnd.uniform(0.0, 1.5))       # a random moment of the copy
             injected += fx.sigkill(w)
             time.sleep(rnd.uniform(0.0, 0.3))
-        final = m.start_worker()
+        final = m.start_worker(instance_id=f"{m.name}-restarted")
         fx.wait_copying(m, final, topics)
         time.sleep(1.0)
     finally:
