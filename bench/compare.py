@@ -48,7 +48,6 @@ ROOT = cr.ROOT
 MB = cr.MB
 log = cr.log
 GROUP = "bench-moved-group"
-NOT_BUILT = "not built (issue 10 scale-out open)"
 
 # ---------------------------------------------------------------- MirrorMaker 2 settings
 
@@ -409,42 +408,96 @@ class MirrorMaker2(Copier):
         self.pid = None
 
 
+class WorkersProbe(cr.ProcessProbe):
+    """ProcessProbe over several worker processes: CPU time summed, RSS summed at each
+    sample (the row's peak RSS is that of all workers together), thread CPU merged."""
+
+    def __init__(self, pids: list[int]):
+        self.probes = [cr.ProcessProbe(p) for p in pids]
+        super().__init__(pids[0])
+
+    def cpu(self):
+        vals = [p.cpu() for p in self.probes]
+        return None if any(v is None for v in vals) else sum(vals)
+
+    def threads_cpu(self):
+        out: dict[str, float] = {}
+        for i, p in enumerate(self.probes):
+            for name, v in p.threads_cpu().items():
+                out[f"w{i}:{name}"] = v
+        return out
+
+    def sample(self):
+        total = 0
+        for p in self.probes:
+            try:
+                for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        self.max_rss_kib = max(self.max_rss_kib, total)
+
+
 class KafkaMirrorsWorker(Copier):
     key = "km"
-    system = "kafka-mirrors (1 worker)"
 
-    def __init__(self, exe: str, workdir: Path):
-        self.exe, self.workdir = exe, workdir
+    def __init__(self, exe: str, workdir: Path, workers: int = 1):
+        self.exe, self.workdir, self.workers = exe, workdir, workers
+        self.system = f"kafka-mirrors ({workers} worker{'s' if workers > 1 else ''})"
+        self.key = f"km{workers}" if workers > 1 else "km"
         self.km: cr.KafkaMirrors | None = None
-        self.proc: subprocess.Popen | None = None
+        self.procs: list[subprocess.Popen] = []
+        self.logs: list[Path] = []
 
     def start(self, wl, source_boot, dst, topics):
         if not shutil.which(self.exe):
             raise cr.Unavailable(f"{self.exe} not found")
-        d = self.workdir / wl.name
+        d = self.workdir / f"{wl.name}-{self.key}"
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
-        link = f"cmp-{wl.name}"
+        link = f"cmp-{wl.name}-{self.key}"
         self.km = cr.KafkaMirrors(self.exe, d, link=link)
         self.km.must("link", "create", link, "--source", source_boot, "--destination", dst.bootstrap,
                       "--config", "consumer.offset.sync.ms=1000")
         for t in topics:
             self.km.must("mirror", "create", t, "--link", link)
-        with open(self.km.worker_log, "wb") as out:
-            self.proc = subprocess.Popen(self.km.worker_command(), stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT)
-        return self.proc.pid
+        self.procs, self.logs = [], []
+        for i in range(self.workers):
+            path = self.km.worker_log.with_name(f"{self.km.worker_log.stem}-{i}.log")
+            with open(path, "wb") as out:
+                self.procs.append(subprocess.Popen(self.km.worker_command(), stdin=subprocess.DEVNULL, stdout=out,
+                                                   stderr=subprocess.STDOUT))
+            self.logs.append(path)
+        return [p.pid for p in self.procs] if self.workers > 1 else self.procs[0].pid
 
     def alive(self):
-        if self.proc is not None and self.proc.poll() is not None:
-            tail = self.km.worker_log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
-            raise cr.Unavailable(f"'kafka-mirrors run' exited with code {self.proc.returncode}: {tail[0]} "
-                                 f"(log {self.km.worker_log})")
+        for proc, path in zip(self.procs, self.logs):
+            if proc.poll() is not None:
+                tail = path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                raise cr.Unavailable(f"'kafka-mirrors run' exited with code {proc.returncode}: {tail[0]} "
+                                     f"(log {path})")
+
+    def spread(self, topic: str) -> str:
+        """Partitions of `topic` owned by each worker, as describe shows them ("4/2")."""
+        proc = self.km.cli("describe", "--link", self.km.link, "--output", "json")
+        if proc.returncode != 0:
+            return "spread unknown"
+        owners: dict[str, int] = {}
+        for lv in json.loads(proc.stdout)["links"]:
+            for mv in lv["mirrors"]:
+                if mv["topic"] == topic:
+                    for p in mv["partitions"]:
+                        owners[p.get("owner") or "none"] = owners.get(p.get("owner") or "none", 0) + 1
+        return "/".join(str(n) for n in sorted(owners.values(), reverse=True))
 
     def stop(self):
-        if self.proc is not None:
-            stop_process(self.proc, 30)
-        self.proc = None
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            stop_process(proc, 30)
+        self.procs = []
 
 
 # ---------------------------------------------------------------- Toxiproxy
@@ -563,7 +616,7 @@ class Bench:
         started = time.monotonic()
         try:
             pid = copier.start(wl, boot, dst, topics)
-            probe = cr.ProcessProbe(pid)
+            probe = WorkersProbe(pid) if isinstance(pid, list) else cr.ProcessProbe(pid)
             dst_ends = EndOffsets(dst, copier.dst_topic(topic), wl.partitions)
             try:
                 first, done, first_offsets = cr.wait_for_copy(dst_ends, goal, self.args.timeout, probe,
@@ -593,6 +646,8 @@ class Bench:
                     row.note += f"latency: {lat.received} of {lat.sent} arrived; "
             moved = wait_group(dst, group, copier.dst_topic(topic), wl.partitions,
                                self.args.group_wait, probe, copier.alive)
+            if isinstance(copier, KafkaMirrorsWorker) and copier.workers > 1:
+                row.note += f"partitions per worker {copier.spread(topic)}; "
             probe.sample()
             row.rss_mib = probe.max_rss_mib
         except cr.Unavailable as e:
@@ -714,7 +769,7 @@ def print_table(rows: list[Row], args) -> None:
         ceiling = next((r for r in group if r.system.startswith("raw producer")), None)
         tuned = next((r for r in group if r.system.startswith("MirrorMaker 2 tuned")), None)
         for r in group:
-            if r.note.startswith("not ") or r.note == NOT_BUILT:
+            if r.note.startswith("not "):
                 print(f"{wl:<34} {r.system:<36} {r.note}")
                 continue
             ours = r.system.startswith("kafka-mirrors")
@@ -727,8 +782,7 @@ def print_table(rows: list[Row], args) -> None:
                     fmt(r.p99_ms, ".1f"), fmt(r.cpu_us, ".1f"), fmt(r.dst_broker_us, ".1f"),
                     fmt(r.rss_mib, ".0f"), same, fmt(r.reread, ","), fmt(r.skipped, ","), vs_mm2, vs_ceil]
             print(" ".join(f"{v:{al}{w}}" for v, (_, w, al) in zip(vals, cols)))
-    notes = [r for r in rows if (r.extra or r.missing or r.group_note or r.disk or (r.note and not r.note.startswith("not ")
-                                                                         and r.note != NOT_BUILT))]
+    notes = [r for r in rows if (r.extra or r.missing or r.group_note or r.disk or (r.note and not r.note.startswith("not ")))]
     if notes:
         print()
     for r in notes:
@@ -767,6 +821,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds to wait for a moved group's offsets on the destination (default 15, --quick 10)")
     ap.add_argument("--timeout", type=float, default=600.0, help="give up on one copy after this many seconds")
     ap.add_argument("--rtt-ms", type=int, default=50, help="round trip added to the source by Toxiproxy (1k-far)")
+    ap.add_argument("--workers", default="1,2,3", type=lambda v: [int(x) for x in v.split(",")],
+                    help="kafka-mirrors rows: how many workers share the link in each (default 1,2,3)")
     ap.add_argument("--skip-mm2-default", action="store_true", help="leave out MirrorMaker 2 at its defaults")
     ap.add_argument("--state-dir", default=os.environ.get("BENCH_COMPARE_STATE", str(ROOT / ".cache" / "bench-compare")),
                     help="kafka-local state dir of this benchmark's clusters (default .cache/bench-compare)")
@@ -829,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_mm2_default:
             copiers.append(MirrorMaker2("mm2d", "MirrorMaker 2 defaults (tasks.max=6)", {}, env, state))
         copiers.append(MirrorMaker2("mm2t", "MirrorMaker 2 tuned", MM2_TUNED, env, state))
-        copiers.append(KafkaMirrorsWorker(args.kafka_mirrors, workdir))
+        copiers += [KafkaMirrorsWorker(args.kafka_mirrors, workdir, n) for n in args.workers]
 
         if any(w.name == "1k" for w in chosen) and args.latency_seconds > 0:
             w = all_wl["1k"]
@@ -856,8 +912,6 @@ def main(argv: list[str] | None = None) -> int:
                 except (RuntimeError, KafkaException, TimeoutError, OSError) as e:
                     c.stop()
                     rows.append(Row(wl.label, c.system, note=f"not available ({str(e)[:200]})"))
-            for n in (2, 3):
-                rows.append(Row(wl.label, f"kafka-mirrors ({n} workers)", note=NOT_BUILT))
         print_table(rows, args)
         print(f"\nclusters: Apache Kafka {os.environ.get('KAFKA_LOCAL_VERSION', '4.1.1')}, single node each, "
               f"127.0.0.1; {os.cpu_count()} CPUs; logs in {workdir} and {state}/mm2-*/mm2.log")
