@@ -138,7 +138,10 @@ SLOTS = 16
 
 
 def slot_of(topic: str, partition: int) -> int:
-    return zlib.crc32(f"{topic}/{partition}".encode()) % SLOTS
+    """A topic's consecutive partitions go to consecutive slots, from a start its name
+    picks: up to 16 partitions of one topic each have a slot of their own, so a small
+    topic spreads over the workers of a link as evenly as the slots do."""
+    return (zlib.crc32(topic.encode()) + partition) % SLOTS
 
 
 def slot_progress_key(link: str, topic: str, slot: int) -> str:

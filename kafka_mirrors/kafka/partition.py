@@ -606,7 +606,7 @@ class SinkProducers:
 
     Transactional writes (gaps, and the fence at a copier's start) go through a pool of
     SLOTS transactional producers: a mirror partition belongs to slot
-    crc32("<topic>/<partition>") % SLOTS, whose transactional.id is
+    (crc32("<topic>") + partition) % SLOTS (state.slot_of), whose transactional.id is
     kafka-mirrors/<link>/slot-<k>. The first use of a slot in a process runs
     init_transactions, which fences every earlier producer of that id (a crashed or
     stalled worker) and completes the abort of the transaction it left open, for every

@@ -39,7 +39,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from kafka_mirrors import state as st
-from kafka_mirrors.errors import ConflictError, KafkaMirrorsError
+from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, NotFoundError
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin
 
@@ -67,14 +67,20 @@ def grace_seconds(session_timeout_ms: int, delivery_timeout_ms: int) -> float:
 def ensure_slots_topic(admin: Admin) -> None:
     """SLOTS_TOPIC with state.SLOTS partitions (shared by every link of the cluster: each
     link's group assigns it on its own)."""
+    hint = (f"the link's principal needs Create, Read and Describe on topic {SLOTS_TOPIC} and Read on "
+            f"group prefix kafka-mirrors- on the destination (README: ACLs)")
     try:
-        info = kt.describe_topic(admin, SLOTS_TOPIC)
-    except KafkaMirrorsError:
         try:
-            kt.create_topic(admin, SLOTS_TOPIC, st.SLOTS, -1, {"retention.ms": "3600000"})
-            return
-        except ConflictError:
-            info = kt.describe_topic(admin, SLOTS_TOPIC)  # another worker made it a moment ago
+            info = kt.describe_topic(admin, SLOTS_TOPIC)
+        except NotFoundError:
+            try:
+                kt.create_topic(admin, SLOTS_TOPIC, st.SLOTS, -1, {"retention.ms": "3600000"})
+                return
+            except ConflictError:
+                info = kt.describe_topic(admin, SLOTS_TOPIC)  # another worker made it a moment ago
+    except KafkaMirrorsError as exc:
+        raise KafkaMirrorsError(f"the worker group's topic {SLOTS_TOPIC} on {admin.label}: {exc.message}",
+                                hint) from None
     if info.partitions != st.SLOTS:
         raise KafkaMirrorsError(
             f"topic {SLOTS_TOPIC} on {admin.label} has {info.partitions} partitions, not {st.SLOTS}: "

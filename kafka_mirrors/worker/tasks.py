@@ -569,11 +569,13 @@ class CopyPlane:
                     if m.stop_failed is None and m.stop_why != "worker shutting down":
                         log.error("[%s/%s-p%d] while stopping: %s", self.name, topic, p, exc)
                 left += self.producers.in_flight(topic, p)
+            # and those of partitions whose slot this worker gave up meanwhile
+            left += sum(self.producers.in_flight(topic, p) for p in m.releasing)
             # a stop is reported once the writes settled; a failure at once (what it
             # wrote no longer matters, and nothing of it is read again)
             if left and m.stop_failed is None:
                 continue
-            for p in m.tasks:
+            for p in [*m.tasks, *m.releasing]:
                 self.producers.forget(topic, p)  # nothing left over for a new copier
             self._publish_one(topic, m)
             del self.mirrors[topic]
