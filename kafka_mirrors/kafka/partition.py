@@ -616,6 +616,11 @@ class SinkProducers:
     SLOTS producers, however many partitions."""
 
     SLOTS = SLOTS
+
+    @staticmethod
+    def may_write(topic: str, partition: int) -> bool:
+        """Whether this worker may write the partition now; the copy plane sets its own."""
+        return True
     IDLE_CLOSE_S = 60.0
 
     def __init__(self, conf: Mapping[str, object], link: str, label: str,
@@ -741,8 +746,12 @@ class SinkProducers:
 
     def _produce_when_room(self, topic, value, key, partition, timestamp, headers, cb) -> None:
         while True:
-            # local queue full: serve delivery reports, then try again
+            # local queue full: serve delivery reports, then try again, while this worker
+            # may still write the partition (worker/membership.py: its lease, its slot)
             self.producer.poll(0.05)
+            if not self.may_write(topic, partition):
+                raise KafkaOperationError(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
+                                          f"group lease ended or its slot moved)")
             try:
                 self.producer.produce(topic, value, key, partition, cb, None, timestamp, headers)
                 return

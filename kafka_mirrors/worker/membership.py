@@ -117,7 +117,8 @@ class Membership:
         self.session_timeout_ms = session_timeout_ms
         self.lease_s = lease_seconds(session_timeout_ms)
         self.grace_s = grace_seconds(session_timeout_ms, delivery_timeout_ms)
-        self.release_wait_s = delivery_timeout_ms / 1000.0 + 5.0
+        self.delivery_s = delivery_timeout_ms / 1000.0
+        self.release_wait_s = self.delivery_s + 5.0
         self.plane = plane  # held_slots(): the slots whose copiers or writes are not settled
         self.host = socket.gethostname()
         self.assigned: set[int] = set()           # slots the group gave us
@@ -231,8 +232,9 @@ class Membership:
         if self._wait_released(owned, self.release_wait_s):
             self._commit(released=tuple(sorted(owned)), only=owned)
         else:
-            log.warning("[%s] slot(s) %s not settled within %.0f s: handed over unreleased (the next "
-                        "owner waits %.0f s)", self.link, _ranges(owned), self.release_wait_s, self.grace_s)
+            log.warning("[%s] slot(s) %s not settled cleanly (writes still in flight after %.0f s, or one "
+                        "failed): handed over unreleased (the next owner waits %.0f s)", self.link,
+                        _ranges(owned), self.release_wait_s, self.grace_s)
 
     def _on_lost(self, consumer, partitions) -> None:
         slots = {tp.partition for tp in partitions} & self.assigned
@@ -249,14 +251,21 @@ class Membership:
         self.owned = frozenset(self.owned - slots)
 
     def _wait_released(self, slots: set[int], timeout: float) -> bool:
+        """Until the copy plane let go of `slots` cleanly (every write confirmed); False
+        when it did not within `timeout`, or a write of them failed (it may land late)."""
         if self.plane is None:
             return True
         deadline = time.monotonic() + timeout
+        next_commit = time.monotonic() + COMMIT_S
         while self.plane.held_slots() & slots:
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > deadline:
                 return False
+            if now >= next_commit and self.owned:
+                self._commit(released=())  # the slots kept stay writable meanwhile
+                next_commit = now + COMMIT_S
             time.sleep(0.05)
-        return True
+        return not (self.plane.unclean_slots() & slots)
 
     # ------------------------------------------------------------ claiming and the lease
 
@@ -265,40 +274,49 @@ class Membership:
         try:
             committed = self.consumer.committed([TopicPartition(SLOTS_TOPIC, k) for k in new], timeout=10)
         except KafkaException as exc:
-            log.warning("[%s] cannot read who owned slot(s) %s before: each waits %.0f s", self.link,
-                        _ranges(new), self.grace_s)
             log.debug("committed(): %s", exc)
             committed = []
-        metas = {tp.partition: _meta(tp.metadata) for tp in committed}
-        waits = []
+        # unknown (the read failed) is not "never owned": it waits the grace
+        known = {tp.partition: _meta(tp.metadata) for tp in committed if tp.error is None}
         for k in new:
             if k not in self.assigned:
                 continue
-            meta = metas.get(k)
-            if meta is None or meta.get("worker") == self.worker_id or previous_owner_gone(meta, self.host):
+            meta = known.get(k, "unknown")
+            if meta is None or (isinstance(meta, dict) and (
+                    meta.get("worker") == self.worker_id or previous_owner_gone(meta, self.host))):
                 self.claimable_at[k] = now
-            else:
-                self.claimable_at[k] = now + self.grace_s
-                waits.append((k, meta.get("worker")))
-        for k, who in waits:
+                continue
+            grace = self.grace_s
+            if isinstance(meta, dict):
+                # the last owner's own lease and delivery timeout, if longer than ours
+                try:
+                    grace = max(grace, float(meta.get("lease_s") or 0) + float(meta.get("delivery_s") or 0)
+                                + GRACE_MARGIN_S)
+                except (TypeError, ValueError):
+                    pass
+            self.claimable_at[k] = now + grace
+            who = meta.get("worker") if isinstance(meta, dict) else "unknown (its commit could not be read)"
             log.info("[%s] slot %d: its last owner %s did not release it; copying it starts in %.0f s, once "
-                     "that owner's last writes are surely settled", self.link, k, who, self.grace_s)
+                     "that owner's last writes are surely settled", self.link, k, who, grace)
 
     def _claim(self, now: float) -> None:
+        """Slots past their grace are owned once a commit naming this worker as their
+        owner was accepted: a later owner reads that commit, never an older release."""
         due = {k for k, at in self.claimable_at.items() if now >= at}
-        if due:
+        if due and self._commit(released=(), only=set(self.owned) | due):
             for k in due:
                 del self.claimable_at[k]
             self.owned = frozenset(self.owned | due)
 
-    def _commit(self, released: tuple[int, ...], only: set[int] | None = None) -> None:
+    def _commit(self, released: tuple[int, ...], only: set[int] | None = None) -> bool:
         """Commit the owned slots (not those in their grace: their last owner's metadata
         stays until we own them); an accepted commit that releases nothing renews the lease."""
         slots = sorted(only if only is not None else self.owned)
         if not slots:
-            return
+            return False
         started = time.monotonic()
-        meta = {"worker": self.worker_id, "host": self.host, "pid": os.getpid(), "at": time.time()}
+        meta = {"worker": self.worker_id, "host": self.host, "pid": os.getpid(), "at": time.time(),
+                "lease_s": self.lease_s, "delivery_s": self.delivery_s}
         offsets = [TopicPartition(SLOTS_TOPIC, k, 0, metadata=json.dumps(
             {**meta, "released": k in released}, separators=(",", ":"))) for k in slots]
         try:
@@ -307,10 +325,11 @@ class Membership:
             err = exc.args[0] if exc.args else None
             self.error = err.str() if isinstance(err, KafkaError) else str(exc)
             log.debug("[%s] slot commit refused: %s", self.link, self.error)
-            return
+            return False
         if not released:
             self.lease_until = started + self.lease_s
             self.error = None
+        return True
 
 
 def _meta(raw: str | None) -> dict | None:

@@ -100,6 +100,7 @@ class _Task:
     copier: PartitionCopier
     source: KafkaPartitionSource
     next_idle: float = 0.0
+    slot: int = -1
 
 
 @dataclass
@@ -152,6 +153,12 @@ class CopyPlane:
         self.ownership = ownership or AllSlots()
         self._owned: frozenset[int] = frozenset()  # the slots the tasks were last brought to
         self._held: frozenset[int] = frozenset()   # _owned and slots with writes still settling
+        # slots given up with a write that failed while settling (it may still land): handed
+        # over unreleased, so the next owner waits its grace
+        self._unclean: set[int] = set()
+        # writes in flight of mirrors that ended (failed) while they settled: (topic, p) ->
+        # the producer's report queue of that partition, until it is empty
+        self._orphans: dict[tuple[str, int], object] = {}
         self.inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.mirrors: dict[str, _Mirror] = {}
@@ -188,6 +195,9 @@ class CopyPlane:
     def _open_clients(self) -> None:
         self.feeds = SourceFeeds(self.src_conf, f"[{self.name}]", self._on_source_error)
         self.producers = SinkProducers(self.dst_conf, self.name, f"[{self.name}]", self.delivery_timeout_ms)
+        # a produce waiting for room in a full queue gives up once it may not write
+        self.producers.may_write = lambda topic, p: (st.slot_of(topic, p) in self.ownership.owned
+                                                      and self.ownership.lease_ok(time.monotonic()))
 
     def _on_source_error(self, err) -> None:
         if err.code() in SOURCE_DOWN_CODES:
@@ -260,11 +270,20 @@ class CopyPlane:
         a slot over once it left this set)."""
         return self._held
 
+    def unclean_slots(self) -> frozenset[int]:
+        return frozenset(self._unclean)
+
+    def _writable(self, task: _Task) -> bool:
+        """Checked before every step and start: the lease may end, or the slot go, in the
+        middle of a turn."""
+        return task.slot in self.ownership.owned and self.ownership.lease_ok(time.monotonic())
+
     def _apply_ownership(self) -> None:
         owned = self.ownership.owned
         if owned != self._owned:
             removed, added = self._owned - owned, owned - self._owned
             self._owned = owned
+            self._unclean -= added  # ours again: its old writes are this worker's own to check
             for topic, m in self.mirrors.items():
                 if removed:
                     self._release(m, removed)
@@ -281,6 +300,13 @@ class CopyPlane:
             if m.releasing:
                 self._settle_releases(m)
                 held.update(st.slot_of(m.record.topic, p) for p in m.releasing)
+        if self._orphans:
+            self.producers.poll(0)
+            for key, reports in list(self._orphans.items()):
+                if reports:
+                    held.add(st.slot_of(*key))
+                else:
+                    del self._orphans[key]
         if held != self._held:
             # a slot gone and settled: its transactional producer goes too (fenced by the
             # next owner anyway; made and fenced again if the slot comes back)
@@ -326,7 +352,9 @@ class CopyPlane:
                     self._fail(m, p, str(exc), exc.offset)
                     continue
                 log.warning("[%s/%s-p%d] a write failed while its slot was released (%s); the next owner "
-                            "copies from the destination log end offset", self.name, topic, p, exc)
+                            "waits its grace, then copies from the destination log end offset", self.name,
+                            topic, p, exc)
+                self._unclean.add(st.slot_of(topic, p))
             if self.producers.in_flight(topic, p):
                 continue
             del m.releasing[p]
@@ -399,6 +427,9 @@ class CopyPlane:
                     self._prepare(m)
                 while m.to_start:
                     p = m.to_start[0]
+                    if not (st.slot_of(topic, p) in self.ownership.owned
+                            and self.ownership.lease_ok(time.monotonic())):
+                        return  # the lease ended or slots went: the next turn sees it
                     if p >= m.partitions and not self._producer_knows(m, p):
                         break  # added a moment ago: the next turns look again
                     interval = interval or self._idle_interval()
@@ -498,7 +529,8 @@ class CopyPlane:
         except BaseException:
             source.release()
             raise
-        m.tasks[p] = _Task(copier, source, time.monotonic() + random.uniform(0, interval))
+        m.tasks[p] = _Task(copier, source, time.monotonic() + random.uniform(0, interval),
+                           st.slot_of(rec.topic, p))
 
     # ------------------------------------------------------------ copying
 
@@ -512,6 +544,8 @@ class CopyPlane:
                 copier = task.copier
                 if not (copier.busy() or task.source.has_data() or now >= task.next_idle):
                     continue
+                if not self._writable(task):
+                    return progressed  # the lease ended or slots went: the next turn sees it
                 if now >= task.next_idle:
                     interval = interval or self._idle_interval()
                     task.next_idle = now + interval
@@ -576,6 +610,11 @@ class CopyPlane:
             if left and m.stop_failed is None:
                 continue
             for p in [*m.tasks, *m.releasing]:
+                reports = self.producers.pending.get((topic, p))
+                if reports:
+                    # a failure is reported at once, its writes may still be in flight: their
+                    # slot stays held (membership does not release it) until they are not
+                    self._orphans[(topic, p)] = reports
                 self.producers.forget(topic, p)  # nothing left over for a new copier
             self._publish_one(topic, m)
             del self.mirrors[topic]

@@ -39,11 +39,14 @@ class FakeConsumer:
 
 
 class HeldPlane:
-    def __init__(self, held=()):
-        self.held = set(held)
+    def __init__(self, held=(), unclean=()):
+        self.held, self.unclean = set(held), set(unclean)
 
     def held_slots(self):
         return frozenset(self.held)
+
+    def unclean_slots(self):
+        return frozenset(self.unclean)
 
 
 def member(consumer, plane=None) -> mb.Membership:
@@ -75,7 +78,8 @@ def test_only_an_accepted_commit_renews_the_lease():
     m._commit(released=())
     assert m.lease_ok(m.lease_until - 0.01) and not m.lease_ok(m.lease_until)
     assert metas(c.commits[-1]) == {k: {"worker": "w-me", "host": socket.gethostname(), "pid": os.getpid(),
-                                        "at": metas(c.commits[-1])[k]["at"], "released": False} for k in (1, 2)}
+                                        "at": metas(c.commits[-1])[k]["at"], "released": False,
+                                        "lease_s": 2.5, "delivery_s": 30.0} for k in (1, 2)}
     c.refuse, before = True, m.lease_until
     m._commit(released=())
     assert m.lease_until == before and "generation" in m.error
@@ -168,6 +172,7 @@ class FakeTaskSource:
 
 class FakeProducers:
     def __init__(self):
+        self.pending: dict = {}
         self.inflight: dict[tuple[str, int], int] = {}
         self.transactional = {}
         self.dropped: list[int] = []
@@ -178,6 +183,10 @@ class FakeProducers:
 
     def forget(self, topic, p):
         self.forgotten.append((topic, p))
+        self.pending.pop((topic, p), None)
+
+    def poll(self, timeout):
+        pass
 
     def drop_slot(self, k, flush=True):
         self.transactional.pop(k, None)
@@ -202,6 +211,7 @@ def plane_with(topic: str, partitions: int, owned) -> tasks.CopyPlane:
     plane.name, plane.ownership = "dr", Ownership(owned)
     plane._owned = plane.ownership.owned
     plane._held = plane._owned
+    plane._unclean, plane._orphans = set(), {}
     plane.producers, plane.feeds, plane.source_hw = FakeProducers(), FakeFeeds(), {}
     plane.outbox = __import__("queue").SimpleQueue()
     rec = st.MirrorRecord.from_json({"link": "dr", "topic": topic, "source_topic": topic, "state": st.ACTIVE,
@@ -209,7 +219,7 @@ def plane_with(topic: str, partitions: int, owned) -> tasks.CopyPlane:
     m = tasks._Mirror(rec, prepared=True, source_partitions=partitions)
     for p in range(partitions):
         if st.slot_of(topic, p) in owned:
-            m.tasks[p] = tasks._Task(FakeCopier(), FakeTaskSource())
+            m.tasks[p] = tasks._Task(FakeCopier(), FakeTaskSource(), slot=st.slot_of(topic, p))
     plane.mirrors = {topic: m}
     return plane
 
@@ -249,6 +259,8 @@ def test_a_failed_write_of_a_released_slot_is_no_failure_a_misplaced_one_is():
     plane.ownership.owned = frozenset()
     plane._apply_ownership()
     assert not m.releasing and not m.stopping and gone not in plane.held_slots()
+    # but that write may still land: the slot is handed over unreleased (the next owner waits)
+    assert plane.unclean_slots() == {gone}
 
     plane = plane_with(topic, 1, {gone})
     m = plane.mirrors[topic]
@@ -259,3 +271,73 @@ def test_a_failed_write_of_a_released_slot_is_no_failure_a_misplaced_one_is():
     plane._remember_hw = lambda m: None
     plane._apply_ownership()
     assert m.stopping and m.stop_failed is not None and "another writer" in m.stop_failed.error
+
+
+def test_a_slot_past_its_grace_is_owned_only_once_a_commit_naming_this_worker_was_accepted():
+    c = FakeConsumer(refuse=True)
+    m = member(c)
+    m.assigned, m.claimable_at = {4}, {4: 0.0}
+    m._claim(1.0)
+    assert m.owned == frozenset() and m.claimable_at == {4: 0.0}
+    c.refuse = False
+    m._claim(2.0)
+    assert m.owned == {4} and metas(c.commits[-1])[4]["worker"] == "w-me"
+
+
+class BrokenCommitted(FakeConsumer):
+    def committed(self, partitions, timeout):
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+
+class ErrorCommitted(FakeConsumer):
+    def committed(self, partitions, timeout):
+        # what librdkafka returns for a partition whose offset could not be read
+        from types import SimpleNamespace
+        return [SimpleNamespace(topic=tp.topic, partition=tp.partition, metadata=None,
+                                error=KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE)) for tp in partitions]
+
+
+def test_a_slot_whose_last_owner_cannot_be_read_waits_the_grace():
+    for c in (BrokenCommitted(), ErrorCommitted()):
+        m = member(c)
+        m._on_assign(c, tps(6))
+        m._read_grace(100.0)
+        assert m.claimable_at == {6: 100.0 + m.grace_s}, type(c).__name__
+
+
+def test_the_grace_is_the_last_owners_if_its_lease_and_delivery_timeout_were_longer():
+    c = FakeConsumer(committed={2: json.dumps({"worker": "w-other", "host": "elsewhere", "pid": 1,
+                                               "released": False, "lease_s": 15.0, "delivery_s": 120.0})})
+    m = member(c)
+    m._on_assign(c, tps(2))
+    m._read_grace(0.0)
+    assert m.claimable_at == {2: 15.0 + 120.0 + mb.GRACE_MARGIN_S}
+
+
+def test_a_slot_with_a_failed_write_is_handed_over_unreleased():
+    c = FakeConsumer()
+    m = member(c, HeldPlane(held=(), unclean={3}))
+    m.assigned, m.owned = {3}, frozenset({3})
+    m._on_revoke(c, tps(3))
+    assert c.commits == [] and m.owned == frozenset()
+
+
+def test_a_mirror_that_failed_with_writes_in_flight_keeps_their_slot_held_until_they_settled():
+    import collections
+    topic = "orders"
+    k = st.slot_of(topic, 0)
+    plane = plane_with(topic, 1, {k})
+    plane._publish_one = lambda *a: None
+    m = plane.mirrors[topic]
+    reports = collections.deque([(5, 1, 0)])
+    plane.producers.pending[(topic, 0)] = reports
+    plane.producers.inflight[(topic, 0)] = 1
+    plane._fail(m, 0, "delivery landed at 3 (another writer?)", 5)
+    plane._settle_stops()
+    assert topic not in plane.mirrors          # the failure is reported at once
+    plane.ownership.owned = frozenset()
+    plane._apply_ownership()
+    assert k in plane.held_slots()             # but the slot is not let go
+    reports.clear()                            # its last report came
+    plane._apply_ownership()
+    assert k not in plane.held_slots()

@@ -539,6 +539,8 @@ def test_folding_only_the_last_record_of_each_key_incrementally_or_compacted_giv
     import random
     from kafka_mirrors.state import mirror_progress_key, slot_of, slot_progress_key
     rnd = random.Random(7)
+    PARTS = (0, 1, 16)  # 0 and 16 share a slot
+    assert slot_of("a", 0) == slot_of("a", 16) != slot_of("a", 1) and slot_of("b", 0) == slot_of("b", 16)
     for _ in range(300):
         log = FakeLog()
         full = StateSnapshot("dr")
@@ -550,18 +552,18 @@ def test_folding_only_the_last_record_of_each_key_incrementally_or_compacted_giv
             t = rnd.choice(["a", "b"])
             kind = rnd.random()
             if kind < 0.4:
-                key = progress_key("dr", t, rnd.randint(0, 2))
+                key = progress_key("dr", t, rnd.choice(PARTS))
                 value = None if rnd.random() < 0.3 else {"next_offset": rnd.randint(0, 9)}
             elif kind < 0.6:
                 key = mirror_progress_key("dr", t)
                 value = None if rnd.random() < 0.2 else \
-                    {"partitions": {str(p): {"next_offset": rnd.randint(0, 9)} for p in range(rnd.randint(0, 3))},
+                    {"partitions": {str(p): {"next_offset": rnd.randint(0, 9)} for p in PARTS if rnd.random() < 0.6},
                      "updated_at": 1}
             elif kind < 0.85:
-                k = slot_of(t, rnd.randint(0, 2))
+                k = slot_of(t, rnd.choice(PARTS))
                 key = slot_progress_key("dr", t, k)
                 value = None if rnd.random() < 0.2 else \
-                    {"partitions": {str(p): {"next_offset": rnd.randint(0, 9)} for p in range(3)
+                    {"partitions": {str(p): {"next_offset": rnd.randint(0, 9)} for p in PARTS
                                     if slot_of(t, p) == k and rnd.random() < 0.7}, "updated_at": 1}
             else:
                 key = mirror_key("dr", t)
@@ -574,7 +576,7 @@ def test_folding_only_the_last_record_of_each_key_incrementally_or_compacted_giv
                     live[key] = (seq, value)
         # the model: a partition's progress is its newest covering record's entry for it
         for t in ("a", "b"):
-            for p in range(3):
+            for p in PARTS:
                 covering = [live[k] for k in (progress_key("dr", t, p), mirror_progress_key("dr", t),
                                               slot_progress_key("dr", t, slot_of(t, p))) if k in live]
                 want = None
