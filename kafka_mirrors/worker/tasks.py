@@ -57,6 +57,18 @@ START_BUDGET_S = 0.05   # partition starts per turn stop after this long (comman
 # a second in all, so 10,000 idle partitions do not flood the brokers.
 IDLE_CHECKS_PER_S = 20.0
 SHUTDOWN_DRAIN_S = 10.0
+# After a write whose outcome is unknown (it timed out: it may still land), its partition is
+# not copied again, here or by another worker, for this long past the delivery timeout
+UNKNOWN_WRITE_HOLD_S = 5.0
+
+
+def unknown_outcome(exc: PartitionFailed) -> bool:
+    """A write that failed without proof it did not land (librdkafka's message timeout,
+    a purge): not a broken invariant, but nothing may be written after it until it surely
+    landed or not. Any other failed write (refused by the broker: a record too large, an
+    ACL) or a misplaced one fails the mirror."""
+    reason = exc.reason.lower()
+    return reason.startswith("delivery failed") and ("timed out" in reason or "purge" in reason)
 
 
 
@@ -153,9 +165,9 @@ class CopyPlane:
         self.ownership = ownership or AllSlots()
         self._owned: frozenset[int] = frozenset()  # the slots the tasks were last brought to
         self._held: frozenset[int] = frozenset()   # _owned and slots with writes still settling
-        # slots given up with a write that failed while settling (it may still land): handed
-        # over unreleased, so the next owner waits its grace
-        self._unclean: set[int] = set()
+        # slot -> until when: a write of it had an unknown outcome (it may still land). Such a
+        # slot is not released (the next owner waits its grace) nor started again here before
+        self._unclean: dict[int, float] = {}
         # writes in flight of mirrors that ended (failed) while they settled: (topic, p) ->
         # the producer's report queue of that partition, until it is empty
         self._orphans: dict[tuple[str, int], object] = {}
@@ -273,6 +285,11 @@ class CopyPlane:
     def unclean_slots(self) -> frozenset[int]:
         return frozenset(self._unclean)
 
+    def _hold_unknown(self, topic: str, p: int) -> None:
+        until = time.monotonic() + self.delivery_timeout_ms / 1000 + UNKNOWN_WRITE_HOLD_S
+        k = st.slot_of(topic, p)
+        self._unclean[k] = max(self._unclean.get(k, 0.0), until)
+
     def _writable(self, task: _Task) -> bool:
         """Checked before every step and start: the lease may end, or the slot go, in the
         middle of a turn."""
@@ -283,7 +300,6 @@ class CopyPlane:
         if owned != self._owned:
             removed, added = self._owned - owned, owned - self._owned
             self._owned = owned
-            self._unclean -= added  # ours again: its old writes are this worker's own to check
             for topic, m in self.mirrors.items():
                 if removed:
                     self._release(m, removed)
@@ -296,6 +312,17 @@ class CopyPlane:
                 log.info("[%s] slot(s) %s taken: their partitions start", self.name,
                          st.format_partition_ranges(sorted(added)))
         held = set(owned)
+        if self._unclean:
+            now = time.monotonic()
+            over = {k for k, until in self._unclean.items() if now >= until}
+            for k in over:
+                del self._unclean[k]
+            held.update(self._unclean)
+            if over & owned:  # held back until now: their partitions start
+                for m in self.mirrors.values():
+                    if m.prepared and not m.stopping and m.restart_at is None:
+                        self._add_partitions(m, [p for p in range(m.source_partitions)
+                                                 if st.slot_of(m.record.topic, p) in over])
         for m in self.mirrors.values():
             if m.releasing:
                 self._settle_releases(m)
@@ -315,7 +342,8 @@ class CopyPlane:
             self._held = frozenset(held)
 
     def _mine(self, topic: str, p: int) -> bool:
-        return st.slot_of(topic, p) in self._owned
+        k = st.slot_of(topic, p)
+        return k in self._owned and k not in self._unclean
 
     def _add_partitions(self, m: _Mirror, partitions) -> list[int]:
         topic = m.record.topic
@@ -348,13 +376,13 @@ class CopyPlane:
             try:
                 task.copier.settle()
             except PartitionFailed as exc:
-                if not exc.reason.startswith("delivery failed"):
+                if not unknown_outcome(exc):
                     self._fail(m, p, str(exc), exc.offset)
                     continue
-                log.warning("[%s/%s-p%d] a write failed while its slot was released (%s); the next owner "
+                log.warning("[%s/%s-p%d] a write timed out while its slot was released (%s); the next owner "
                             "waits its grace, then copies from the destination log end offset", self.name,
                             topic, p, exc)
-                self._unclean.add(st.slot_of(topic, p))
+                self._hold_unknown(topic, p)
             if self.producers.in_flight(topic, p):
                 continue
             del m.releasing[p]
@@ -553,6 +581,11 @@ class CopyPlane:
                 try:
                     copier.step(0.0)
                 except PartitionFailed as exc:
+                    if unknown_outcome(exc):
+                        self._hold_unknown(topic, p)
+                        self._back_off(m, f"partition {p}: {exc} (copying it again once that write surely "
+                                          f"landed or not)")
+                        break
                     cause = str(exc)
                     # a source topic deleted and re-created under the copy shows up as
                     # offsets going back: name the cause when it is that
@@ -639,11 +672,15 @@ class CopyPlane:
 
     def _settle_or_fail(self, m: _Mirror) -> bool:
         """Take the delivery reports of a mirror that is not being stepped: a failed or
-        misplaced write fails the mirror (True), as it would while copying."""
+        misplaced write fails the mirror (True), as it would while copying; a timed-out
+        one holds its partition back (unknown_outcome)."""
         for p, task in m.tasks.items():
             try:
                 task.copier.settle()
             except PartitionFailed as exc:
+                if unknown_outcome(exc):
+                    self._hold_unknown(m.record.topic, p)
+                    continue
                 self._fail(m, p, str(exc), exc.offset)
                 return True
         return False

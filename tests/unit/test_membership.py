@@ -211,7 +211,8 @@ def plane_with(topic: str, partitions: int, owned) -> tasks.CopyPlane:
     plane.name, plane.ownership = "dr", Ownership(owned)
     plane._owned = plane.ownership.owned
     plane._held = plane._owned
-    plane._unclean, plane._orphans = set(), {}
+    plane._unclean, plane._orphans = {}, {}
+    plane.delivery_timeout_ms = 30000
     plane.producers, plane.feeds, plane.source_hw = FakeProducers(), FakeFeeds(), {}
     plane.outbox = __import__("queue").SimpleQueue()
     rec = st.MirrorRecord.from_json({"link": "dr", "topic": topic, "source_topic": topic, "state": st.ACTIVE,
@@ -341,3 +342,27 @@ def test_a_mirror_that_failed_with_writes_in_flight_keeps_their_slot_held_until_
     reports.clear()                            # its last report came
     plane._apply_ownership()
     assert k not in plane.held_slots()
+
+
+def test_a_timed_out_write_holds_its_slot_back_a_refused_one_fails_the_mirror():
+    topic = "orders"
+    k = st.slot_of(topic, 0)
+    plane = plane_with(topic, 1, {k})
+    m = plane.mirrors[topic]
+    m.tasks[0].copier.fail = "delivery failed: Local: Message timed out"
+    assert plane._settle_or_fail(m) is False and not m.stopping
+    assert k in plane.unclean_slots()
+    plane._apply_ownership()
+    assert k in plane.held_slots()
+    m.tasks.clear()
+    m.restart_at = None
+    assert plane._add_partitions(m, [0]) == []          # not started again while held
+    plane._unclean[k] = 0.0                             # the hold is over
+    plane._apply_ownership()
+    assert m.to_start == [0] and not plane.unclean_slots()
+
+    plane = plane_with(topic, 1, {k})
+    m = plane.mirrors[topic]
+    m.tasks[0].copier.fail = "delivery failed: Broker: Message size too large"
+    plane._remember_hw = lambda m: None
+    assert plane._settle_or_fail(m) is True and m.stop_failed is not None and not plane.unclean_slots()
