@@ -824,6 +824,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2,3", type=lambda v: [int(x) for x in v.split(",")],
                     help="kafka-mirrors rows: how many workers share the link in each (default 1,2,3)")
     ap.add_argument("--skip-mm2-default", action="store_true", help="leave out MirrorMaker 2 at its defaults")
+    ap.add_argument("--skip-mm2", action="store_true",
+                    help="leave out both MirrorMaker 2 rows (to look at kafka-mirrors alone; no ours/MM2 ratio)")
     ap.add_argument("--state-dir", default=os.environ.get("BENCH_COMPARE_STATE", str(ROOT / ".cache" / "bench-compare")),
                     help="kafka-local state dir of this benchmark's clusters (default .cache/bench-compare)")
     ap.add_argument("--kafka-mirrors", default=str(ROOT / ".venv" / "bin" / "kafka-mirrors"))
@@ -882,9 +884,10 @@ def main(argv: list[str] | None = None) -> int:
         cr.BROKERS.update(cr.broker_probes(state, ["cmp-source", "cmp-destination"]))
         bench = Bench(args, state, src, dst, far_boot)
         copiers: list[Copier] = []
-        if not args.skip_mm2_default:
+        if not (args.skip_mm2_default or args.skip_mm2):
             copiers.append(MirrorMaker2("mm2d", "MirrorMaker 2 defaults (tasks.max=6)", {}, env, state))
-        copiers.append(MirrorMaker2("mm2t", "MirrorMaker 2 tuned", MM2_TUNED, env, state))
+        if not args.skip_mm2:
+            copiers.append(MirrorMaker2("mm2t", "MirrorMaker 2 tuned", MM2_TUNED, env, state))
         copiers += [KafkaMirrorsWorker(args.kafka_mirrors, workdir, n) for n in args.workers]
 
         if any(w.name == "1k" for w in chosen) and args.latency_seconds > 0:

@@ -16,6 +16,7 @@ read_committed (last stable offset).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -78,13 +79,82 @@ class _AskAgain(Exception):
     pass
 
 
+READ_AHEAD_TTL_S = 2.0  # offsets read ahead for a copier start are used within this long, or read again
+
+
 class OffsetReader:
-    """ListOffsets for one cluster."""
+    """ListOffsets for one cluster.
+
+    Copier starts read several offsets of their partition one request at a time. For a
+    mirror of many partitions that is thousands of round trips, one partition after
+    another; `read_ahead` asks for a whole list of partitions in one request per kind
+    instead, and the single-partition reads of their starts take the answers from there
+    (each kind read again from the cluster once `forget` dropped them, or after
+    READ_AHEAD_TTL_S)."""
 
     def __init__(self, admin: AdminClient, label: str, timeout: float = 15.0):
         self.admin = admin
         self.label = label
         self.timeout = timeout
+        # (topic, partition) -> (read at, {"earliest"|"latest"|"stable": offset})
+        self._ahead: dict[tuple[str, int], tuple[float, dict[str, int]]] = {}
+
+    # -- read ahead (copier starts)
+    def read_ahead(self, tps: Sequence[tuple[str, int]]) -> None:
+        """The log start offset, last stable offset and then the high watermark (log end
+        offset) of every partition in tps, three requests in all. The last stable offset
+        is asked before the high watermark, as in all_offsets. A partition whose answer
+        was an error keeps an empty entry: its start asks alone (and sees the error)."""
+        if not tps:
+            return
+        now = time.monotonic()
+        got: dict[tuple[str, int], dict[str, int]] = {tp: {} for tp in tps}
+        req = [TopicPartition(t, p) for t, p in tps]
+
+        def collect(futures, kind):
+            for tp, fut in futures.items():
+                try:
+                    offset = fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
+                except Exception:  # noqa: BLE001 - that partition's start asks alone
+                    continue
+                if offset >= 0:
+                    got[(tp.topic, tp.partition)][kind] = offset
+        deadline = now + min(self.timeout, RETRY_OFFSETS_FOR_S * 2)
+        try:
+            first = [(self.admin.list_offsets({tp: spec for tp in req}, isolation_level=iso,
+                                              request_timeout=self.timeout), kind)
+                     for spec, iso, kind in ((OffsetSpec.earliest(), IsolationLevel.READ_UNCOMMITTED, "earliest"),
+                                             (OffsetSpec.latest(), IsolationLevel.READ_COMMITTED, "stable"))]
+            for futures, kind in first:
+                collect(futures, kind)
+            collect(self.admin.list_offsets({tp: OffsetSpec.latest() for tp in req},
+                                            request_timeout=self.timeout), "latest")
+        except Exception:  # noqa: BLE001 - no read ahead: every start asks alone
+            log.debug("%s: reading offsets ahead failed", self.label, exc_info=True)
+        for tp, kinds in got.items():
+            if "stable" not in kinds:
+                kinds.pop("latest", None)  # the order above is what all_offsets relies on
+            self._ahead[tp] = (now, kinds)
+
+    def has_read_ahead(self, topic: str, partition: int) -> bool:
+        hit = self._ahead.get((topic, partition))
+        return hit is not None and time.monotonic() - hit[0] < READ_AHEAD_TTL_S
+
+    def forget(self, topic: str | None = None, partition: int | None = None) -> None:
+        """Drop what was read ahead for one partition (its start is over), or for all."""
+        if topic is None:
+            self._ahead.clear()
+        else:
+            self._ahead.pop((topic, partition), None)
+
+    def _read_ahead(self, topic: str, partition: int, kind: str) -> int | None:
+        hit = self._ahead.get((topic, partition))
+        if hit is None:
+            return None
+        if time.monotonic() - hit[0] >= READ_AHEAD_TTL_S:
+            self._ahead.pop((topic, partition), None)
+            return None
+        return hit[1].get(kind)
 
     def offsets(self, tps: Sequence[tuple[str, int]], spec: OffsetSpec,
                 isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED) -> dict[tuple[str, int], int]:
@@ -134,16 +204,31 @@ class OffsetReader:
         return offset
 
     def log_start_offset(self, topic: str, partition: int) -> int:
+        ahead = self._read_ahead(topic, partition, "earliest")
+        if ahead is not None:
+            return ahead
         return self.offsets([(topic, partition)], OffsetSpec.earliest())[(topic, partition)]
 
     def log_end_offset(self, topic: str, partition: int) -> int:
+        ahead = self._read_ahead(topic, partition, "latest")
+        if ahead is not None:
+            return ahead
         return self.offsets([(topic, partition)], OffsetSpec.latest())[(topic, partition)]
 
     def last_stable_offset(self, topic: str, partition: int) -> int:
+        ahead = self._read_ahead(topic, partition, "stable")
+        if ahead is not None:
+            return ahead
         return self.offsets([(topic, partition)], OffsetSpec.latest(),
                             IsolationLevel.READ_COMMITTED)[(topic, partition)]
 
     def all_offsets(self, topic: str, partition: int) -> SourceOffsets:
+        hit = self._ahead.get((topic, partition))
+        if hit is not None and time.monotonic() - hit[0] < READ_AHEAD_TTL_S \
+                and len(hit[1]) == 3:
+            k = hit[1]
+            return SourceOffsets(log_start_offset=k["earliest"], last_stable_offset=k["stable"],
+                                 high_watermark=k["latest"])
         # The log start offset and the last stable offset go out together. The high
         # watermark is asked only after the last stable offset came back: the copier's
         # "nothing open beyond the LSO" (LSO == high watermark) relies on that order.
@@ -809,31 +894,64 @@ class SinkProducers:
         return slot_of(topic, partition)
 
     def transactional_id(self, topic: str, partition: int) -> str:
-        return f"kafka-mirrors/{self.link}/slot-{self.slot(topic, partition)}"
+        return self.slot_transactional_id(self.slot(topic, partition))
+
+    def slot_transactional_id(self, k: int) -> str:
+        return f"kafka-mirrors/{self.link}/slot-{k}"
 
     def txn_producer(self, topic: str, partition: int) -> Producer:
         k = self.slot(topic, partition)
         self._last_used[k] = time.monotonic()
         p = self.transactional.get(k)
         if p is None:
-            p = Producer(_quiet({
-                **self.conf,
-                "transactional.id": self.transactional_id(topic, partition),
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 50,
-                "batch.size": 16 * 1024 * 1024,
-                "batch.num.messages": 1000000,
-                "message.max.bytes": 8 * 1024 * 1024,
-                # a transaction left open by a crash is aborted by the broker after this
-                "transaction.timeout.ms": 15000,
-                "delivery.timeout.ms": min(self.delivery_timeout_ms, 15000),
-                "allow.auto.create.topics": False,
-            }))
-            # fences an older producer of this slot and aborts what it left open
-            p.init_transactions(30)
+            p = self._new_txn_producer(k)
             self.transactional[k] = p
             self.fenced_slots.add(k)
+        return p
+
+    def fence_slots(self, slots) -> set[int]:
+        """Make and initialise the transactional producers of several slots at once, in
+        threads (init_transactions is a round trip or more to the transaction coordinator
+        per slot; one after another they held a mirror's partition starts back by a tenth
+        of a second each). Returns the slots that have their producer now. A slot whose
+        init failed is left to txn_producer, which raises the error where a start sees it."""
+        todo = sorted({k for k in slots if k not in self.transactional})
+        if len(todo) > 1:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(todo), SLOTS),
+                                                       thread_name_prefix="fence") as pool:
+                made = list(pool.map(self._try_new_txn_producer, todo))
+            now = time.monotonic()
+            for k, p in zip(todo, made):
+                if p is not None:
+                    self.transactional[k] = p
+                    self.fenced_slots.add(k)
+                    self._last_used[k] = now
+        return {k for k in slots if k in self.transactional}
+
+    def _try_new_txn_producer(self, k: int) -> Producer | None:
+        try:
+            return self._new_txn_producer(k)
+        except Exception:  # noqa: BLE001 - txn_producer asks again and raises it
+            log.debug("%s: fencing slot %d", self.label, k, exc_info=True)
+            return None
+
+    def _new_txn_producer(self, k: int) -> Producer:
+        p = Producer(_quiet({
+            **self.conf,
+            "transactional.id": self.slot_transactional_id(k),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 50,
+            "batch.size": 16 * 1024 * 1024,
+            "batch.num.messages": 1000000,
+            "message.max.bytes": 8 * 1024 * 1024,
+            # a transaction left open by a crash is aborted by the broker after this
+            "transaction.timeout.ms": 15000,
+            "delivery.timeout.ms": min(self.delivery_timeout_ms, 15000),
+            "allow.auto.create.topics": False,
+        }))
+        # fences an older producer of this slot and aborts what it left open
+        p.init_transactions(30)
         return p
 
     def drop_slot(self, k: int, flush: bool = True) -> None:
@@ -904,6 +1022,7 @@ class KafkaPartitionSink:
         self.producers.txn_producer(self.topic, self.partition)
         deadline = time.monotonic() + timeout
         while self.last_stable_offset() < self.log_end_offset():
+            self.offset_reader.forget(self.topic, self.partition)  # asked again from here on
             if time.monotonic() > deadline:
                 raise KafkaOperationError(
                     f"{self.topic}-{self.partition} on the destination has a transaction open that is "

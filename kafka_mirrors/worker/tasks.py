@@ -53,6 +53,7 @@ BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
 REPORT_S = 2.0          # how often the plane publishes its progress view
 START_BUDGET_S = 0.05   # partition starts per turn stop after this long (commands come first)
+READ_AHEAD = 64         # partitions whose slots are fenced and offsets read together before they start
 # Idle partitions are looked at (a ListOffsets to the destination) at most this many times
 # a second in all, so 10,000 idle partitions do not flood the brokers.
 IDLE_CHECKS_PER_S = 20.0
@@ -300,6 +301,8 @@ class CopyPlane:
         if owned != self._owned:
             removed, added = self._owned - owned, owned - self._owned
             self._owned = owned
+            if removed:
+                self._forget_read_ahead()
             for topic, m in self.mirrors.items():
                 if removed:
                     self._release(m, removed)
@@ -457,9 +460,12 @@ class CopyPlane:
                     p = m.to_start[0]
                     if not (st.slot_of(topic, p) in self.ownership.owned
                             and self.ownership.lease_ok(time.monotonic())):
+                        self._forget_read_ahead()  # read while the slots were ours: read again
                         return  # the lease ended or slots went: the next turn sees it
                     if p >= m.partitions and not self._producer_knows(m, p):
                         break  # added a moment ago: the next turns look again
+                    if not self.dst_offsets.has_read_ahead(m.record.topic, p):
+                        self._read_ahead(m)
                     interval = interval or self._idle_interval()
                     try:
                         self._start_partition(m, p, interval)
@@ -485,6 +491,26 @@ class CopyPlane:
                 self._back_off(m, f"cannot start: unexpected {type(exc).__name__}: {exc}")
             if time.monotonic() > deadline:
                 return
+
+    def _read_ahead(self, m: _Mirror) -> None:
+        """Before the next READ_AHEAD partitions of a mirror start: fence their slots at
+        once (init_transactions in parallel) and then read their offsets, a request per
+        kind for all of them, on both clusters. Their starts then ask the clusters nothing
+        more when the destination is empty; one after another, those round trips had a
+        mirror of 6 partitions take 3 s to start them all. A destination partition's
+        offsets are read only after its slot is fenced, as its start reads them."""
+        rec = m.record
+        chunk = [p for p in m.to_start[:READ_AHEAD]
+                 if p < m.partitions and st.slot_of(rec.topic, p) in self.ownership.owned]
+        if not chunk:
+            return
+        fenced = self.producers.fence_slots({st.slot_of(rec.topic, p) for p in chunk})
+        self.dst_offsets.read_ahead([(rec.topic, p) for p in chunk if st.slot_of(rec.topic, p) in fenced])
+        self.src_offsets.read_ahead([(rec.source_topic, p) for p in chunk])
+
+    def _forget_read_ahead(self) -> None:
+        self.dst_offsets.forget()
+        self.src_offsets.forget()
 
     def _start_later(self, m: _Mirror, p: int, exc: Exception) -> None:
         """A partition of a mirror that copies already could not start (a broker behind on
@@ -557,6 +583,9 @@ class CopyPlane:
         except BaseException:
             source.release()
             raise
+        finally:
+            self.dst_offsets.forget(rec.topic, p)
+            self.src_offsets.forget(rec.source_topic, p)
         m.tasks[p] = _Task(copier, source, time.monotonic() + random.uniform(0, interval),
                            st.slot_of(rec.topic, p))
 

@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from kafka_mirrors import state as st
 from kafka_mirrors.replication.copier import PartitionFailed
+from kafka_mirrors.kafka.partition import OffsetReader
 from kafka_mirrors.worker import membership as mb
 from kafka_mirrors.worker import tasks
 
@@ -214,6 +215,7 @@ def plane_with(topic: str, partitions: int, owned) -> tasks.CopyPlane:
     plane._unclean, plane._orphans = {}, {}
     plane.delivery_timeout_ms = 30000
     plane.producers, plane.feeds, plane.source_hw = FakeProducers(), FakeFeeds(), {}
+    plane.src_offsets = plane.dst_offsets = OffsetReader(None, "fake")
     plane.outbox = __import__("queue").SimpleQueue()
     rec = st.MirrorRecord.from_json({"link": "dr", "topic": topic, "source_topic": topic, "state": st.ACTIVE,
                                      "partitions": partitions, "updated_at": 1.0})

@@ -433,3 +433,47 @@ def test_an_answer_without_an_offset_is_no_answer_never_an_offset(monkeypatch):
     assert admin.calls > 1  # asked again first, within the short retry window
     with pytest.raises(KafkaUnavailableError, match="no offset"):
         reader.all_offsets("a", 0)
+
+
+def test_offsets_read_ahead_answer_the_starts_once_then_the_cluster_again(monkeypatch):
+    # copier starts read their offsets a request per partition and kind; read ahead asks
+    # for a whole list at once, and each start's reads come from there until forgotten
+    from kafka_mirrors.kafka import partition as kp
+    admin = FakeOffsetsAdmin({("a", 1): [KafkaError.TOPIC_AUTHORIZATION_FAILED]}, offset=7)
+    reader = kp.OffsetReader(admin, "source cluster x", timeout=5.0)
+    reader.read_ahead([("a", 0), ("a", 1), ("a", 2)])
+    assert admin.calls == 3  # earliest, stable, latest: one request each for all partitions
+    admin.offset = 9  # what the cluster would say now
+    assert reader.has_read_ahead("a", 0) and reader.has_read_ahead("a", 1)
+    o = reader.all_offsets("a", 0)
+    assert (o.log_start_offset, o.last_stable_offset, o.high_watermark) == (7, 7, 7)
+    assert reader.log_end_offset("a", 2) == 7 and reader.last_stable_offset("a", 2) == 7
+    assert admin.calls == 3
+    # the partition whose answer was an error asks alone (and sees the cluster's answer)
+    assert reader.log_start_offset("a", 1) == 9 and admin.calls == 4
+    reader.forget("a", 0)
+    assert not reader.has_read_ahead("a", 0)
+    assert reader.log_end_offset("a", 0) == 9 and admin.calls == 5
+    # and nothing read ahead outlives READ_AHEAD_TTL_S
+    monkeypatch.setattr(kp, "READ_AHEAD_TTL_S", 0.0)
+    assert not reader.has_read_ahead("a", 2)
+    assert reader.log_end_offset("a", 2) == 9
+
+
+def test_read_ahead_without_a_last_stable_offset_keeps_no_high_watermark():
+    # all_offsets relies on the last stable offset being read before the high watermark;
+    # a high watermark read ahead without it must not be paired with a later one
+    from kafka_mirrors.kafka import partition as kp
+
+    class NoStable(FakeOffsetsAdmin):
+        def list_offsets(self, req, isolation_level=None, request_timeout=None):
+            from confluent_kafka import IsolationLevel
+            if isolation_level == IsolationLevel.READ_COMMITTED:
+                raise RuntimeError("broker gone")
+            return super().list_offsets(req, isolation_level, request_timeout)
+    admin = NoStable({}, offset=5)
+    reader = kp.OffsetReader(admin, "destination x", timeout=5.0)
+    reader.read_ahead([("m", 0)])  # the failure is no failure of the start: it asks alone
+    assert reader.has_read_ahead("m", 0)
+    calls = admin.calls
+    assert reader.log_end_offset("m", 0) == 5 and admin.calls == calls + 1
