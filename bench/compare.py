@@ -449,6 +449,8 @@ class KafkaMirrorsWorker(Copier):
         self.km: cr.KafkaMirrors | None = None
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
+        self.settle_topic: str | None = None  # a 16-partition source topic: one partition per slot
+        self.settled_note = ""
 
     def start(self, wl, source_boot, dst, topics):
         if not shutil.which(self.exe):
@@ -460,8 +462,8 @@ class KafkaMirrorsWorker(Copier):
         self.km = cr.KafkaMirrors(self.exe, d, link=link)
         self.km.must("link", "create", link, "--source", source_boot, "--destination", dst.bootstrap,
                       "--config", "consumer.offset.sync.ms=1000")
-        for t in topics:
-            self.km.must("mirror", "create", t, "--link", link)
+        if self.settle_topic:
+            self.km.must("mirror", "create", self.settle_topic, "--link", link)
         self.procs, self.logs = [], []
         for i in range(self.workers):
             path = self.km.worker_log.with_name(f"{self.km.worker_log.stem}-{i}.log")
@@ -469,7 +471,48 @@ class KafkaMirrorsWorker(Copier):
                 self.procs.append(subprocess.Popen(self.km.worker_command(), stdin=subprocess.DEVNULL, stdout=out,
                                                    stderr=subprocess.STDOUT))
             self.logs.append(path)
+        if self.settle_topic:
+            self.wait_settled()
+        for t in topics:
+            self.km.must("mirror", "create", t, "--link", link)
         return [p.pid for p in self.procs] if self.workers > 1 else self.procs[0].pid
+
+    def wait_settled(self, timeout: float = 120.0) -> None:
+        """Until the group of the link has shared its 16 slots evenly among all the workers
+        (the settle topic has a partition in every slot) and that held for 2 s: the rows
+        measure copying by a running group, as an operator's workers are before a mirror
+        is created, not the group forming (tests/integration/test_scale_out.py is about
+        joins and leaves under load)."""
+        deadline, since, last = time.monotonic() + timeout, None, None
+        while time.monotonic() < deadline:
+            self.alive()
+            owners = self.owners(self.settle_topic)
+            counts = sorted(owners.values())
+            even = (len(owners) == self.workers and "none" not in owners and sum(counts) == 16
+                    and counts[-1] - counts[0] <= 1)
+            if even and owners == last:
+                if since is not None and time.monotonic() - since >= 2.0:
+                    return
+                since = since or time.monotonic()
+            else:
+                since = None
+            last = owners
+            time.sleep(0.5)
+        self.settled_note = f"group not settled after {timeout:.0f} s ({self.spread(self.settle_topic)}); "
+
+    def owners(self, topic: str) -> dict[str, int]:
+        """Partitions of `topic` per owning worker ("none" for unowned), from describe."""
+        proc = self.km.cli("describe", "--link", self.km.link, "--output", "json")
+        if proc.returncode != 0:
+            return {}
+        owners: dict[str, int] = {}
+        for lv in json.loads(proc.stdout)["links"]:
+            for mv in lv["mirrors"]:
+                if mv["topic"] == topic:
+                    for p in mv["partitions"]:
+                        who = p.get("owner") if p.get("owner_live", True) else None
+                        owners[who or "none"] = owners.get(who or "none", 0) + 1
+        return owners
 
     def alive(self):
         for proc, path in zip(self.procs, self.logs):
@@ -480,15 +523,9 @@ class KafkaMirrorsWorker(Copier):
 
     def spread(self, topic: str) -> str:
         """Partitions of `topic` owned by each worker, as describe shows them ("4/2")."""
-        proc = self.km.cli("describe", "--link", self.km.link, "--output", "json")
-        if proc.returncode != 0:
+        owners = self.owners(topic)
+        if not owners:
             return "spread unknown"
-        owners: dict[str, int] = {}
-        for lv in json.loads(proc.stdout)["links"]:
-            for mv in lv["mirrors"]:
-                if mv["topic"] == topic:
-                    for p in mv["partitions"]:
-                        owners[p.get("owner") or "none"] = owners.get(p.get("owner") or "none", 0) + 1
         return "/".join(str(n) for n in sorted(owners.values(), reverse=True))
 
     def stop(self):
@@ -613,9 +650,13 @@ class Bench:
             goal = source_leo
         topics = [topic] + ([lat_topic] if lat_topic else [])
         boot = self.far_boot if wl.far else src.bootstrap
+        if isinstance(copier, KafkaMirrorsWorker):
+            copier.settle_topic = src.create_topic(f"settle-{wl.name}-{copier.key}", 16)
         started = time.monotonic()
         try:
             pid = copier.start(wl, boot, dst, topics)
+            if isinstance(copier, KafkaMirrorsWorker):
+                started = time.monotonic()  # its mirrors were created after the group settled
             probe = WorkersProbe(pid) if isinstance(pid, list) else cr.ProcessProbe(pid)
             dst_ends = EndOffsets(dst, copier.dst_topic(topic), wl.partitions)
             try:
@@ -646,8 +687,10 @@ class Bench:
                     row.note += f"latency: {lat.received} of {lat.sent} arrived; "
             moved = wait_group(dst, group, copier.dst_topic(topic), wl.partitions,
                                self.args.group_wait, probe, copier.alive)
-            if isinstance(copier, KafkaMirrorsWorker) and copier.workers > 1:
-                row.note += f"partitions per worker {copier.spread(topic)}; "
+            if isinstance(copier, KafkaMirrorsWorker):
+                row.note += copier.settled_note
+                if copier.workers > 1:
+                    row.note += f"partitions per worker {copier.spread(topic)}; "
             probe.sample()
             row.rss_mib = probe.max_rss_mib
         except cr.Unavailable as e:

@@ -419,6 +419,10 @@ class SourceFeed:
             "fetch.queue.backoff.ms": 10,
         }))
         self.buffers: dict[tuple[str, int], _Buffer] = {}
+        # the partitions whose buffer has something for its copier (records, an end of
+        # partition, an error) since it last took: the copy plane steps these, not all
+        # of its thousands of partitions, each turn
+        self.ready: set[tuple[str, int]] = set()
 
     def add(self, topic: str, partition: int, offset: int) -> None:
         key = (topic, partition)
@@ -426,6 +430,7 @@ class SourceFeed:
         self.consumer.incremental_assign([TopicPartition(topic, partition, offset)])
 
     def remove(self, topic: str, partition: int) -> None:
+        self.ready.discard((topic, partition))
         buf = self.buffers.pop((topic, partition), None)
         if buf is not None:
             self.buffered_bytes -= buf.bytes
@@ -457,6 +462,8 @@ class SourceFeed:
         # A fetch response's messages of one partition come in a row: find the rows with
         # three calls per message and buffer each row as one slice.
         buffers = self.buffers
+        ready = self.ready
+        touched = set()
         buf = None
         topic, partition, start = None, -1, 0
         added = 0
@@ -472,12 +479,14 @@ class SourceFeed:
                 added += size * (i - start)
                 buf.end_offset = None
                 buf.last_offset = msgs[i - 1].offset()
+                touched.add((topic, partition))
             topic, partition, start = m.topic(), m.partition(), i
             buf = buffers.get((topic, partition))
             if err is not None:
                 start = i + 1
                 if buf is None:
                     continue
+                ready.add((topic, partition))
                 if err.code() == KafkaError._PARTITION_EOF:
                     buf.end_offset = m.offset()
                     buf.news = True
@@ -492,8 +501,11 @@ class SourceFeed:
             added += size * (len(msgs) - start)
             buf.end_offset = None
             buf.last_offset = msgs[-1].offset()
+            touched.add((topic, partition))
         self.buffered_bytes += added
-        for key, buf in buffers.items():
+        ready |= touched
+        for key in touched:  # only partitions that got records can have filled up
+            buf = buffers[key]
             if not buf.paused and (buf.count >= self.MAX_BUFFERED or buf.bytes >= self.MAX_PARTITION_BYTES):
                 # librdkafka drops what it prefetched for a paused partition and fetches it
                 # again on resume: rare by design (see max.partition.fetch.bytes)
@@ -514,6 +526,8 @@ class SourceFeed:
             self.pump(timeout)
         if buf.error is not None:
             error, buf.error = buf.error, None
+            if not (buf.count or buf.news):
+                self.ready.discard((topic, partition))
             raise error
         buf.news = False
         chunks = buf.chunks
@@ -533,6 +547,8 @@ class SourceFeed:
         buf.count -= len(msgs)
         buf.bytes -= taken_bytes
         self.buffered_bytes -= taken_bytes
+        if not buf.count:
+            self.ready.discard((topic, partition))
         recs = MessageRecords(msgs)
         if buf.paused and buf.count < self.MAX_BUFFERED // 2 and buf.bytes < self.MAX_PARTITION_BYTES // 2:
             self.consumer.resume([TopicPartition(topic, partition)])
@@ -598,6 +614,13 @@ class SourceFeeds:
     @property
     def assigned(self) -> int:
         return sum(len(f.buffers) for f in self.feeds)
+
+    def ready(self):
+        """(feed, (topic, partition)) of every partition whose buffer has something for its
+        copier (SourceFeed.ready)."""
+        for feed in self.feeds:
+            for key in list(feed.ready):
+                yield feed, key
 
     def high_watermark(self, topic: str, partition: int) -> int | None:
         """The high watermark of the last fetch response of any feed holding it (no request)."""
@@ -691,7 +714,7 @@ class SinkProducers:
 
     Transactional writes (gaps, and the fence at a copier's start) go through a pool of
     SLOTS transactional producers: a mirror partition belongs to slot
-    (crc32("<topic>") + partition) % SLOTS (state.slot_of), whose transactional.id is
+    state.slot_of (16 slots; a topic's partitions spread over them), whose transactional.id is
     kafka-mirrors/<link>/slot-<k>. The first use of a slot in a process runs
     init_transactions, which fences every earlier producer of that id (a crashed or
     stalled worker) and completes the abort of the transaction it left open, for every

@@ -57,6 +57,10 @@ READ_AHEAD = 64         # partitions whose slots are fenced and offsets read tog
 # Idle partitions are looked at (a ListOffsets to the destination) at most this many times
 # a second in all, so 10,000 idle partitions do not flood the brokers.
 IDLE_CHECKS_PER_S = 20.0
+# every task is looked at this often (idle checks fall due then); in between a turn steps
+# only tasks with something to do: at 10,000 idle partitions, looking at all of them every
+# turn took a third of a core
+FULL_SCAN_S = 0.5
 SHUTDOWN_DRAIN_S = 10.0
 # After a write whose outcome is unknown (it timed out: it may still land), its partition is
 # not copied again, here or by another worker, for this long past the delivery timeout
@@ -172,6 +176,13 @@ class CopyPlane:
         # writes in flight of mirrors that ended (failed) while they settled: (topic, p) ->
         # the producer's report queue of that partition, until it is empty
         self._orphans: dict[tuple[str, int], object] = {}
+        # what a turn steps besides the full look at every task each FULL_SCAN_S: tasks
+        # busy after their last step (writes in flight or planned, a held record) and
+        # those whose source buffer has something (SourceFeeds.ready, mapped to tasks
+        # through _by_source: (id(feed), source topic, partition) -> (mirror, partition))
+        self._busy: set[tuple[str, int]] = set()
+        self._by_source: dict[tuple[int, str, int], tuple[str, int]] = {}
+        self._next_full_scan = 0.0
         self.inbox: queue.SimpleQueue[Command] = queue.SimpleQueue()
         self.outbox: queue.SimpleQueue[Event] = queue.SimpleQueue()
         self.mirrors: dict[str, _Mirror] = {}
@@ -588,18 +599,45 @@ class CopyPlane:
             self.src_offsets.forget(rec.source_topic, p)
         m.tasks[p] = _Task(copier, source, time.monotonic() + random.uniform(0, interval),
                            st.slot_of(rec.topic, p))
+        if source.feed is not None:
+            self._by_source[(id(source.feed), rec.source_topic, p)] = (rec.topic, p)
+        self._busy.add((rec.topic, p))  # stepped at the next turn
 
     # ------------------------------------------------------------ copying
+
+    def _candidates(self) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        for topic, p in self._busy:
+            out.setdefault(topic, set()).add(p)
+        for feed, (source_topic, p) in self.feeds.ready():
+            key = self._by_source.get((id(feed), source_topic, p))
+            if key is not None:
+                out.setdefault(key[0], set()).add(key[1])
+        return out
 
     def _steps(self, now: float) -> bool:
         progressed = False
         interval = None
+        picks = None
+        if now >= self._next_full_scan:
+            self._next_full_scan = now + FULL_SCAN_S
+        else:
+            picks = self._candidates()
+        busy = self._busy
         for topic, m in list(self.mirrors.items()):
             if m.stopping or m.restart_at is not None:
                 continue
-            for p, task in list(m.tasks.items()):
+            if picks is None:
+                items = list(m.tasks.items())
+            else:
+                chosen = picks.get(topic)
+                if not chosen:
+                    continue
+                items = [(p, m.tasks[p]) for p in sorted(chosen) if p in m.tasks]
+            for p, task in items:
                 copier = task.copier
                 if not (copier.busy() or task.source.has_data() or now >= task.next_idle):
+                    busy.discard((topic, p))
                     continue
                 if not self._writable(task):
                     return progressed  # the lease ended or slots went: the next turn sees it
@@ -636,6 +674,10 @@ class CopyPlane:
                     log.debug("copying %s-%d", topic, p, exc_info=True)
                     self._back_off(m, f"partition {p}: unexpected {type(exc).__name__}: {exc}")
                     break
+                if copier.busy():
+                    busy.add((topic, p))
+                else:
+                    busy.discard((topic, p))
                 if copier.progress.next_offset != before:
                     progressed = True
                 if not self.inbox.empty():

@@ -91,7 +91,7 @@ class FakeConsumer:
 
 def feed(batch: int = 5000) -> tuple[SourceFeed, FakeConsumer]:
     f = SourceFeed.__new__(SourceFeed)
-    f.label, f.batch, f.conf, f.buffers, f.buffered_bytes = "[test]", batch, {}, {}, 0
+    f.label, f.batch, f.conf, f.buffers, f.buffered_bytes, f.ready = "[test]", batch, {}, {}, 0, set()
     f.consumer = FakeConsumer()
     return f, f.consumer
 
@@ -477,3 +477,45 @@ def test_read_ahead_without_a_last_stable_offset_keeps_no_high_watermark():
     assert reader.has_read_ahead("m", 0)
     calls = admin.calls
     assert reader.log_end_offset("m", 0) == 5 and admin.calls == calls + 1
+
+
+def test_the_ready_set_is_exactly_the_partitions_with_something_for_their_copier():
+    # the copy plane steps the feed's ready partitions (and its busy tasks) between full
+    # looks at every task: one missing from the set would copy only every FULL_SCAN_S
+    from hypothesis import given, settings, strategies as hs
+    keys = [("a", 0), ("a", 1), ("b", 0)]
+    op = hs.one_of(
+        hs.tuples(hs.just("msgs"), hs.lists(hs.tuples(hs.sampled_from(keys + [("x", 0)]),
+                                                      hs.sampled_from(["rec", "eof", "err"])), max_size=8)),
+        hs.tuples(hs.just("take"), hs.sampled_from(keys), hs.integers(1, 3)),
+        hs.tuples(hs.just("seek"), hs.sampled_from(keys)),
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(hs.lists(op, max_size=25))
+    def run(ops):
+        f, c = feed()
+        for k in keys:
+            f.add(*k, 0)
+        nxt = {k: 0 for k in keys + [("x", 0)]}
+        for o in ops:
+            if o[0] == "msgs":
+                c.queue = []
+                for k, kind in o[1]:
+                    if kind == "rec":
+                        c.queue.append(Msg(*k, nxt[k]))
+                        nxt[k] += 1
+                    elif kind == "eof":
+                        c.queue.append(eof(*k, nxt[k]))
+                    else:
+                        c.queue.append(Msg(*k, nxt[k], err=Err(KafkaError.TOPIC_AUTHORIZATION_FAILED, "denied")))
+                f.pump(0)
+            elif o[0] == "take":
+                try:
+                    f.take(o[1][0], o[1][1], o[2], 0)
+                except KafkaOperationError:
+                    pass
+            else:
+                f.seek(*o[1], nxt[o[1]])
+            assert f.ready == {k for k in f.buffers if f.has_data(*k)}
+    run()
