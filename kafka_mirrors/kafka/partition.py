@@ -964,7 +964,9 @@ class SinkProducers:
             "transactional.id": self.slot_transactional_id(k),
             "enable.idempotence": True,
             "acks": "all",
-            "linger.ms": 50,
+            # a transactional write is produced in one go and flushed at once: lingering
+            # only delays it (50 ms here made each gap's transaction take 58 ms, 0 takes 23)
+            "linger.ms": 0,
             "batch.size": 16 * 1024 * 1024,
             "batch.num.messages": 1000000,
             "message.max.bytes": 8 * 1024 * 1024,
