@@ -29,6 +29,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -289,7 +290,7 @@ class EndOffsets:
                     failed = True
         except KafkaException:
             failed = True
-        if failed and time.monotonic() - self.renewed > 1:
+        if failed and time.monotonic() - self.renewed > 0.2:  # soon: a copy can start any moment
             self.admin = self.cluster.admin()
             self.renewed = time.monotonic()
         return out
@@ -450,11 +451,15 @@ class KafkaMirrorsWorker(Copier):
         self.procs: list[subprocess.Popen] = []
         self.logs: list[Path] = []
         self.settle_topic: str | None = None  # a 16-partition source topic: one partition per slot
+        self.copy_started_at = 0.0
+        self.creator: threading.Thread | None = None
+        self.create_error: Exception | None = None
         self.settled_note = ""
 
     def start(self, wl, source_boot, dst, topics):
         if not shutil.which(self.exe):
             raise cr.Unavailable(f"{self.exe} not found")
+        self.settled_note = ""
         d = self.workdir / f"{wl.name}-{self.key}"
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir(parents=True)
@@ -473,9 +478,27 @@ class KafkaMirrorsWorker(Copier):
             self.logs.append(path)
         if self.settle_topic:
             self.wait_settled()
-        for t in topics:
-            self.km.must("mirror", "create", t, "--link", link)
+        # The workload's mirrors are created from a thread, so the destination is polled
+        # (wait_for_copy) from before the first one exists: the copy window runs from the
+        # first copied record seen, as for MirrorMaker 2, and the group's forming is not in it.
+        self.create_error = None
+
+        def create():
+            try:
+                for t in topics:
+                    self.km.must("mirror", "create", t, "--link", link)
+            except Exception as e:  # noqa: BLE001 - alive() raises it in the bench's thread
+                self.create_error = e
+        self.copy_started_at = time.monotonic()
+        self.creator = threading.Thread(target=create, name="mirror-create", daemon=True)
+        self.creator.start()
         return [p.pid for p in self.procs] if self.workers > 1 else self.procs[0].pid
+
+    def created(self, timeout: float = 120.0) -> None:
+        """Every mirror of the workload exists (before its latency phase)."""
+        if self.creator is not None:
+            self.creator.join(timeout)
+        self.alive()
 
     def wait_settled(self, timeout: float = 120.0) -> None:
         """Until the group of the link has shared its 16 slots evenly among all the workers
@@ -515,6 +538,8 @@ class KafkaMirrorsWorker(Copier):
         return owners
 
     def alive(self):
+        if self.create_error is not None:
+            raise cr.Unavailable(str(self.create_error))
         for proc, path in zip(self.procs, self.logs):
             if proc.poll() is not None:
                 tail = path.read_text(errors="replace").strip().splitlines()[-1:] or [""]
@@ -656,7 +681,7 @@ class Bench:
         try:
             pid = copier.start(wl, boot, dst, topics)
             if isinstance(copier, KafkaMirrorsWorker):
-                started = time.monotonic()  # its mirrors were created after the group settled
+                started = copier.copy_started_at  # its mirrors were created after the group settled
             probe = WorkersProbe(pid) if isinstance(pid, list) else cr.ProcessProbe(pid)
             dst_ends = EndOffsets(dst, copier.dst_topic(topic), wl.partitions)
             try:
@@ -675,6 +700,8 @@ class Bench:
             row.dst_broker_us = cr.brokers_per_record(readable, first_records).get("cmp-destination")
             log(f"{wl.name} / {copier.system}: {readable:,} records in {done - started:.1f}s "
                 f"({(row.records_per_s or 0):,.0f} records/s)")
+            if isinstance(copier, KafkaMirrorsWorker):
+                copier.created()
             if lat_topic:
                 lat = cr.measure_latency(copier.system, src, dst, lat_topic, copier.dst_topic(lat_topic),
                                          wl.partitions, self.args.latency_seconds, wl.latency_mb_s, wl.size,

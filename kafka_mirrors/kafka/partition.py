@@ -114,7 +114,9 @@ class OffsetReader:
         def collect(futures, kind):
             for tp, fut in futures.items():
                 try:
-                    offset = fut.result(timeout=max(0.1, deadline - time.monotonic())).offset
+                    # past the deadline only what has come already: the copy thread waits
+                    # no longer than that for the whole read ahead
+                    offset = fut.result(timeout=max(0.0, deadline - time.monotonic())).offset
                 except Exception:  # noqa: BLE001 - that partition's start asks alone
                     continue
                 if offset >= 0:
@@ -127,8 +129,9 @@ class OffsetReader:
                                              (OffsetSpec.latest(), IsolationLevel.READ_COMMITTED, "stable"))]
             for futures, kind in first:
                 collect(futures, kind)
-            collect(self.admin.list_offsets({tp: OffsetSpec.latest() for tp in req},
-                                            request_timeout=self.timeout), "latest")
+            if time.monotonic() < deadline:
+                collect(self.admin.list_offsets({tp: OffsetSpec.latest() for tp in req},
+                                                request_timeout=self.timeout), "latest")
         except Exception:  # noqa: BLE001 - no read ahead: every start asks alone
             log.debug("%s: reading offsets ahead failed", self.label, exc_info=True)
         for tp, kinds in got.items():
@@ -229,6 +232,7 @@ class OffsetReader:
             k = hit[1]
             return SourceOffsets(log_start_offset=k["earliest"], last_stable_offset=k["stable"],
                                  high_watermark=k["latest"])
+        self.forget(topic, partition)  # asked as a whole below: no cached high watermark after a fresh LSO
         # The log start offset and the last stable offset go out together. The high
         # watermark is asked only after the last stable offset came back: the copier's
         # "nothing open beyond the LSO" (LSO == high watermark) relies on that order.
@@ -939,7 +943,7 @@ class SinkProducers:
         of a second each). Returns the slots that have their producer now. A slot whose
         init failed is left to txn_producer, which raises the error where a start sees it."""
         todo = sorted({k for k in slots if k not in self.transactional})
-        if len(todo) > 1:
+        if todo:
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(todo), SLOTS),
                                                        thread_name_prefix="fence") as pool:
                 made = list(pool.map(self._try_new_txn_producer, todo))

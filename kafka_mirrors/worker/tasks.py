@@ -351,8 +351,11 @@ class CopyPlane:
         if held != self._held:
             # a slot gone and settled: its transactional producer goes too (fenced by the
             # next owner anyway; made and fenced again if the slot comes back)
-            for k in [k for k in self.producers.transactional if k not in held]:
+            dropped = [k for k in self.producers.transactional if k not in held]
+            for k in dropped:
                 self.producers.drop_slot(k)
+            if dropped:
+                self._forget_read_ahead()  # read before a fence that is gone with its producer
             self._held = frozenset(held)
 
     def _mine(self, topic: str, p: int) -> bool:
@@ -545,6 +548,7 @@ class CopyPlane:
 
     def _prepare(self, m: _Mirror) -> None:
         rec = m.record
+        self._forget_read_ahead()  # nothing read for an earlier life of this mirror is used
         info = source_topic(self.src_admin, rec)
         configs = kt.topic_overrides(self.dst_admin, rec.topic)
         m.compacted = "compact" in configs.get("cleanup.policy", "")
@@ -607,8 +611,12 @@ class CopyPlane:
 
     def _candidates(self) -> dict[str, set[int]]:
         out: dict[str, set[int]] = {}
-        for topic, p in self._busy:
-            out.setdefault(topic, set()).add(p)
+        for key in list(self._busy):
+            m = self.mirrors.get(key[0])
+            if m is None or key[1] not in m.tasks:
+                self._busy.discard(key)  # its task is gone (stopped, released, restarted anew)
+                continue
+            out.setdefault(key[0], set()).add(key[1])
         for feed, (source_topic, p) in self.feeds.ready():
             key = self._by_source.get((id(feed), source_topic, p))
             if key is not None:
@@ -688,6 +696,7 @@ class CopyPlane:
 
     def _begin_stop(self, m: _Mirror, why: str, ack: bool) -> None:
         """Nothing more is fetched, planned or sent for the mirror from now on."""
+        self._forget_read_ahead()
         if not m.stopping:
             m.stopping, m.stop_why = True, why
             self._remember_hw(m)  # the feed forgets it once the partition is unassigned

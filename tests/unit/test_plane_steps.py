@@ -107,3 +107,29 @@ def test_a_full_look_steps_what_the_sets_do_not_name():
     assert steps(m) == [0, 0, 0]
     p._steps(10.0 + tasks.FULL_SCAN_S)
     assert steps(m) == [1, 1, 0]
+
+
+def test_read_ahead_reads_the_destination_only_of_partitions_whose_slot_was_fenced_first():
+    calls = []
+
+    class Producers:
+        def fence_slots(self, slots):
+            calls.append(("fence", frozenset(slots)))
+            return set(sorted(slots)[1:])  # the first slot's init failed: left to txn_producer
+
+    class Reader:
+        def __init__(self, name):
+            self.name = name
+
+        def read_ahead(self, tps):
+            calls.append((self.name, [p for _, p in tps]))
+
+    p, feed, m = plane(6)
+    p.producers, p.dst_offsets, p.src_offsets = Producers(), Reader("destination"), Reader("source")
+    m.to_start, m.partitions = [0, 1, 2, 3, 4, 5, 6], 6  # 6: added on the source a moment ago
+    p._read_ahead(m)
+    slots = {st.slot_of("m", q): q for q in range(6)}
+    unfenced = slots[min(slots)]
+    assert calls[0] == ("fence", frozenset(slots))
+    assert calls[1] == ("destination", [q for q in range(6) if q != unfenced])  # after the fence
+    assert calls[2] == ("source", list(range(6)))
