@@ -80,8 +80,12 @@ class PtyCommand:
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
         env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
         env.update(TERM="xterm-256color", NO_COLOR="1")
+        # Ctrl-C as in a terminal session: a suite started in the background by a shell
+        # without job control (`.ci/run &`) has SIGINT ignored, which every child inherits,
+        # and Python then never raises KeyboardInterrupt (the watch did not exit in 30 s)
         self.proc = subprocess.Popen([sys.executable, "-m", "kafka_mirrors", *args], stdin=slave, stdout=slave,
-                                     stderr=slave, env=env, close_fds=True)
+                                     stderr=slave, env=env, close_fds=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         os.close(slave)
         self.master = master
         self.screen = Screen(width)
