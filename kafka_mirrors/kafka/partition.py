@@ -140,8 +140,7 @@ class OffsetReader:
             self._ahead[tp] = (now, kinds)
 
     def has_read_ahead(self, topic: str, partition: int) -> bool:
-        hit = self._ahead.get((topic, partition))
-        return hit is not None and time.monotonic() - hit[0] < READ_AHEAD_TTL_S
+        return self._fresh(topic, partition) is not None
 
     def forget(self, topic: str | None = None, partition: int | None = None) -> None:
         """Drop what was read ahead for one partition (its start is over), or for all."""
@@ -150,14 +149,18 @@ class OffsetReader:
         else:
             self._ahead.pop((topic, partition), None)
 
-    def _read_ahead(self, topic: str, partition: int, kind: str) -> int | None:
+    def _fresh(self, topic: str, partition: int) -> dict[str, int] | None:
+        """What was read ahead for the partition, unless it is older than READ_AHEAD_TTL_S."""
         hit = self._ahead.get((topic, partition))
         if hit is None:
             return None
         if time.monotonic() - hit[0] >= READ_AHEAD_TTL_S:
             self._ahead.pop((topic, partition), None)
             return None
-        return hit[1].get(kind)
+        return hit[1]
+
+    def _read_ahead(self, topic: str, partition: int, kind: str) -> int | None:
+        return (self._fresh(topic, partition) or {}).get(kind)
 
     def offsets(self, tps: Sequence[tuple[str, int]], spec: OffsetSpec,
                 isolation: IsolationLevel = IsolationLevel.READ_UNCOMMITTED) -> dict[tuple[str, int], int]:
@@ -226,10 +229,8 @@ class OffsetReader:
                             IsolationLevel.READ_COMMITTED)[(topic, partition)]
 
     def all_offsets(self, topic: str, partition: int) -> SourceOffsets:
-        hit = self._ahead.get((topic, partition))
-        if hit is not None and time.monotonic() - hit[0] < READ_AHEAD_TTL_S \
-                and len(hit[1]) == 3:
-            k = hit[1]
+        k = self._fresh(topic, partition)
+        if k is not None and len(k) == 3:
             return SourceOffsets(log_start_offset=k["earliest"], last_stable_offset=k["stable"],
                                  high_watermark=k["latest"])
         self.forget(topic, partition)  # asked as a whole below: no cached high watermark after a fresh LSO
