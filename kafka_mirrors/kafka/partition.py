@@ -53,6 +53,11 @@ FILLER_HEADER = "kafka-mirrors.filler"
 # Fillers of a compacted mirror need a key (the broker refuses null keys there).
 FILLER_KEY = b"__kafka_mirrors_filler__"
 MARKER_WAIT_S = 30.0
+# The timestamp of a marker-only transaction's one record: the end of time. A CreateTime
+# topic refuses it (INVALID_TIMESTAMP) unless its message.timestamp.after.max.ms is within
+# the present of the end of time too (Long.MAX_VALUE: Kafka's default before 4.0).
+END_OF_TIME_MS = (1 << 63) - 1
+MARKERS_RECHECK_S = 60.0  # how long a mirror topic's "can take markers" answer is kept
 
 
 def _quiet(conf: Mapping[str, object]) -> dict:
@@ -726,7 +731,14 @@ class SinkProducers:
     partition that transaction touched. The mapping never changes, so a partition's
     fence is always the same id. A slot idle for IDLE_CLOSE_S is closed (its threads go);
     it fences nothing of ours when made again. Threads: a constant, plus those of at most
-    SLOTS producers, however many partitions."""
+    2 x SLOTS producers, however many partitions.
+
+    Each slot has a second transactional producer, kafka-mirrors/<link>/slot-<k>/markers,
+    for marker-only transactions (KafkaPartitionSink.marker): its one record per
+    transaction is always refused by the destination, so it never appends, and the
+    sequence numbers librdkafka spends on refused records never meet a record the broker
+    keeps (on the filler producer they would: the next filler batch would be refused as
+    OUT_OF_ORDER_SEQUENCE). Both are fenced together when the slot is taken."""
 
     SLOTS = SLOTS
 
@@ -772,6 +784,8 @@ class SinkProducers:
             "allow.auto.create.topics": False,
         }))
         self.transactional: dict[int, Producer] = {}
+        self.markers: dict[int, Producer] = {}  # slot -> its marker-only producer
+        self._markers_ok: dict[str, tuple[float, bool]] = {}  # topic -> (asked at, answer)
         self.reader = RangeReader(conf)  # the destination reads of copier starts
         self._last_used: dict[int, float] = {}
         self._callbacks: dict[tuple[str, int], object] = {}
@@ -927,15 +941,46 @@ class SinkProducers:
     def slot_transactional_id(self, k: int) -> str:
         return f"kafka-mirrors/{self.link}/slot-{k}"
 
+    def marker_transactional_id(self, k: int) -> str:
+        return f"{self.slot_transactional_id(k)}/markers"
+
     def txn_producer(self, topic: str, partition: int) -> Producer:
         k = self.slot(topic, partition)
         self._last_used[k] = time.monotonic()
         p = self.transactional.get(k)
         if p is None:
-            p = self._new_txn_producer(k)
-            self.transactional[k] = p
+            pair = self._new_txn_producers(k)
+            self.transactional[k], self.markers[k] = pair
             self.fenced_slots.add(k)
+            p = pair[0]
         return p
+
+    def marker_producer(self, topic: str, partition: int) -> Producer:
+        self.txn_producer(topic, partition)  # the slot's two ids are fenced together
+        return self.markers[self.slot(topic, partition)]
+
+    def markers_supported(self, admin: Admin, topic: str, compacted: bool) -> bool:
+        """Whether the destination refuses a marker-only transaction's record on `topic`
+        (see KafkaPartitionSink.marker). Asked at most every MARKERS_RECHECK_S per topic;
+        when the configs cannot be read, no (the copier then commits the record alone)."""
+        if compacted:
+            return True  # a compacted topic refuses a record without a key, whatever else
+        now = time.monotonic()
+        known = self._markers_ok.get(topic)
+        if known is not None and now - known[0] < MARKERS_RECHECK_S:
+            return known[1]
+        ok = False
+        try:
+            configs = kt.describe_topic_configs(admin, topic)
+            kind = configs.get("message.timestamp.type")
+            after = configs.get("message.timestamp.after.max.ms")
+            if kind is not None and kind.value == "CreateTime" and after is not None and after.value is not None:
+                # refused when END_OF_TIME_MS - now > after.max.ms; a day of margin for clocks
+                ok = int(after.value) < END_OF_TIME_MS - int(time.time() * 1000) - 86_400_000
+        except (KafkaMirrorsError, KafkaException, ValueError):
+            log.debug("%s: reading the configs of %s", self.label, topic, exc_info=True)
+        self._markers_ok[topic] = (now, ok)
+        return ok
 
     def fence_slots(self, slots) -> set[int]:
         """Make and initialise the transactional producers of several slots at once, in
@@ -947,26 +992,38 @@ class SinkProducers:
         if todo:
             with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(todo), SLOTS),
                                                        thread_name_prefix="fence") as pool:
-                made = list(pool.map(self._try_new_txn_producer, todo))
+                made = list(pool.map(self._try_new_txn_producers, todo))
             now = time.monotonic()
-            for k, p in zip(todo, made):
-                if p is not None:
-                    self.transactional[k] = p
+            for k, pair in zip(todo, made):
+                if pair is not None:
+                    self.transactional[k], self.markers[k] = pair
                     self.fenced_slots.add(k)
                     self._last_used[k] = now
         return {k for k in slots if k in self.transactional}
 
-    def _try_new_txn_producer(self, k: int) -> Producer | None:
+    def _try_new_txn_producers(self, k: int) -> tuple[Producer, Producer] | None:
         try:
-            return self._new_txn_producer(k)
+            return self._new_txn_producers(k)
         except Exception:  # noqa: BLE001 - txn_producer asks again and raises it
             log.debug("%s: fencing slot %d", self.label, k, exc_info=True)
             return None
 
-    def _new_txn_producer(self, k: int) -> Producer:
+    def _new_txn_producers(self, k: int) -> tuple[Producer, Producer]:
+        """The slot's filler and marker producers, each initialised (fenced)."""
+        fillers = self._new_txn_producer(self.slot_transactional_id(k))
+        try:
+            # refused records are the marker producer's every write: librdkafka logs each
+            # refusal as an error (TXNERR); they are expected, so only fatal ones are logged
+            return fillers, self._new_txn_producer(self.marker_transactional_id(k), log_level=2)
+        except BaseException:
+            fillers.flush(0)
+            raise
+
+    def _new_txn_producer(self, transactional_id: str, log_level: int = 3) -> Producer:
         p = Producer(_quiet({
             **self.conf,
-            "transactional.id": self.slot_transactional_id(k),
+            "log_level": log_level,
+            "transactional.id": transactional_id,
             "enable.idempotence": True,
             "acks": "all",
             # A transactional write is produced in one go and flushed at once: lingering only
@@ -994,6 +1051,7 @@ class SinkProducers:
         p = self.transactional.pop(k, None)
         if p is not None and flush:
             p.flush(5)
+        self.markers.pop(k, None)
         self.fenced_slots.discard(k)
         self._last_used.pop(k, None)
 
@@ -1003,6 +1061,7 @@ class SinkProducers:
         idle = [k for k in self.transactional if now - self._last_used.get(k, now) >= self.IDLE_CLOSE_S]
         for k in idle:
             self.transactional.pop(k).flush(5)
+            self.markers.pop(k, None)
         return len(idle)
 
     def purge(self) -> None:
@@ -1020,6 +1079,7 @@ class SinkProducers:
         for p in self.transactional.values():
             p.flush(timeout)
         self.transactional.clear()
+        self.markers.clear()
         self.reader.close()
 
 
@@ -1148,6 +1208,39 @@ class KafkaPartitionSink:
 
     def commit_one(self, record: Record) -> Confirmation:
         return self._txn_write([record], commit=True)
+
+    def markers_supported(self) -> bool:
+        return self.producers.markers_supported(self.admin, self.topic, self.filler_key is not None)
+
+    def marker(self, offset: int) -> Confirmation:
+        try:
+            return self._marker_once(offset)
+        except KafkaException:
+            # as _txn_write: fenced, timed out or fatal; the copier backs off, starts again
+            self.producers.drop_slot(self.producers.slot(self.topic, self.partition), flush=False)
+            raise
+
+    def _marker_once(self, offset: int) -> Confirmation:
+        """One record the destination refuses (no key on a compacted topic, a timestamp
+        at the end of time on a CreateTime one), in a transaction that is then aborted:
+        the partition was added to the transaction before the record was sent, so the
+        abort marker lands on it, at `offset`, with nothing before it. A crash at any point
+        leaves the same: a transaction holding the partition, aborted by the broker."""
+        p = self.producers.marker_producer(self.topic, self.partition)
+        reports: list = []
+        p.begin_transaction()
+        p.produce(self.topic, None, None, partition=self.partition, timestamp=END_OF_TIME_MS,
+                  headers=[(FILLER_HEADER, b"marker")], on_delivery=lambda err, msg: reports.append((err, msg)))
+        p.flush(30)
+        landed = [msg.offset() for err, msg in reports if err is None]
+        p.abort_transaction(30)
+        if landed:
+            return Confirmation(offset, landed[0], "the destination kept the record of a marker-only "
+                                "transaction (was its message.timestamp.type or after.max.ms changed?)")
+        if not reports:
+            return Confirmation(offset, None, "no delivery report for the record of a marker-only transaction")
+        self._wait_log_end(offset + 1)
+        return Confirmation(offset, offset)
 
     def _fillers(self, first_offset: int, count: int) -> list[Record]:
         ts = int(time.time() * 1000)

@@ -7,7 +7,8 @@ it talks to a PartitionSource and a PartitionSink only, never to Kafka.
     step():   verify delivery reports -> fetch -> plan -> write -> (idle: foreign-write
               check, retention follow-up) -> verify delivery reports
                  fetch ──► dense runs ──► produce (async, fast path)
-                       └─► gaps ──► plan_gap ──► commit_one / abort_fillers / fill+delete
+                       └─► gaps ──► plan_gap ──► marker / abort_fillers / fill+delete
+                                                 (commit_one where no marker can be written)
     stop():   flush and verify what is in flight; the held-back record stays unwritten
 
 The last record seen is held back until the offset after it is known (the next record or
@@ -35,6 +36,7 @@ from kafka_mirrors.replication.plan import (
     ABORT_FILLERS,
     COMMIT_HELD,
     LONE_OFFSET,
+    MARKER,
     PRODUCE_HELD,
     SKIP_LOST,
     dense_run_end,
@@ -268,9 +270,11 @@ class PartitionCopier:
     def _plan_gap(self, following: int) -> None:
         """Write the held record (if any) and fill every offset up to `following`."""
         held = self._held
+        markers = getattr(self._sink, "markers_supported", None)
         actions = plan_gap(
             self._next, following, holding=held is not None,
             source_log_start=self._source_log_start(),
+            markers=bool(markers is not None and markers()),
         )
         self._log.debug("[%s] gap before %d: %s", self._label, following, actions)
         for action in actions:
@@ -284,6 +288,13 @@ class PartitionCopier:
                 self._progress.records_copied += 1
                 self._count("transactions_committed")
                 self._next = self._confirmed = held.offset + 2
+            elif kind == MARKER:
+                # the held record (if any) went to the fast path just before: it must be
+                # on the log before the marker takes the offset after it
+                self._send_and_flush()
+                self._verify(self._sink.marker(action.offset))
+                self._count("marker_transactions")
+                self._next = self._confirmed = action.offset + 1
             elif kind == ABORT_FILLERS:
                 self._send_and_flush()
                 self._verify(self._sink.abort_fillers(action.offset, action.count))

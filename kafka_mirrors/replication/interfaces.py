@@ -128,6 +128,19 @@ class PartitionSink(Protocol):
         first_offset + count. Returns once the log end offset shows the marker. The
         Confirmation is for the first filler."""
 
+    def markers_supported(self) -> bool:
+        """Whether `marker` can take a single offset on this partition now: the destination
+        broker refuses the one record a marker-only transaction sends (a compacted topic
+        refuses a null key; a CreateTime topic whose message.timestamp.after.max.ms is
+        finite refuses a timestamp at the end of time)."""
+
+    def marker(self, offset: int) -> Confirmation:
+        """A transaction that adds the partition but appends nothing to it (its one record
+        is refused), aborted: the abort marker alone lands on `offset`. A crash anywhere in
+        it leaves that same marker (the broker, or the next copier's fence, aborts it).
+        Returns once the log end offset shows the marker; assigned_offset is `offset`
+        then, or where a record of it wrongly landed."""
+
     def fill(self, first_offset: int, count: int) -> Confirmation:
         """`count` non-transactional filler records starting at first_offset (used before
         delete_records_before, where they vanish). Waits for their delivery. The

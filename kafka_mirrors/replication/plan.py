@@ -6,12 +6,19 @@ deleted by retention) must be consumed on the destination by something a read_co
 reader does not see. `dense_run_end` finds where the fast path (plain produce) ends;
 `plan_gap` turns one gap into the writes of the DESIGN table:
 
-    held record r, gap of 1 after it     -> COMMIT_HELD    r alone in a committed transaction
+    held record r, gap of 1 after it     -> PRODUCE_HELD r, MARKER        (markers: True)
+                                         -> COMMIT_HELD    r alone in a committed transaction
     held record r, gap of g >= 2         -> PRODUCE_HELD r, ABORT_FILLERS g-1 (+ abort marker)
     source log start moved past the gap  -> SKIP_LOST      fillers, then DeleteRecords
     gap with no record before it to carry a marker:
         g >= 2                           -> ABORT_FILLERS g-1
-        g == 1                           -> LONE_OFFSET    (the copier decides, see there)
+        g == 1                           -> MARKER                         (markers: True)
+                                         -> LONE_OFFSET    (the copier decides, see there)
+
+MARKER is a transaction that holds the partition but appends no record to it (its one
+write is refused by the destination broker), aborted: its marker alone takes the offset.
+A crash inside it leaves exactly that marker, so it is what a gap of 1 uses wherever the
+sink can write one (`markers`); COMMIT_HELD, the fallback, loses r if a crash aborts it.
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ COMMIT_HELD = "commit_held"
 ABORT_FILLERS = "abort_fillers"
 SKIP_LOST = "skip_lost"
 LONE_OFFSET = "lone_offset"
+MARKER = "marker"
 
 
 class Action(NamedTuple):
@@ -52,13 +60,15 @@ def dense_run_end(records: Sequence[Record], start: int) -> int:
     return hi
 
 
-def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_start: int) -> list[Action]:
+def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_start: int,
+             markers: bool = False) -> list[Action]:
     """The writes that take the destination from `next_offset` to `following`, the next
     offset known to come after (a visible record, or the source's last stable offset).
 
     holding: a record is held back at next_offset (the gap starts after it); otherwise the
     gap starts at next_offset itself. source_log_start: the source's log start offset now;
-    offsets of the gap below it were deleted by retention and are skipped (and counted)."""
+    offsets of the gap below it were deleted by retention and are skipped (and counted).
+    markers: the sink can take a single offset with a marker-only transaction (MARKER)."""
     actions: list[Action] = []
     position = next_offset
     if holding:
@@ -70,6 +80,8 @@ def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_star
         elif gap == 0:
             return [Action(PRODUCE_HELD, position)]
         elif gap == 1:
+            if markers:
+                return [Action(PRODUCE_HELD, position), Action(MARKER, gap_start)]
             return [Action(COMMIT_HELD, position)]
         else:
             return [Action(PRODUCE_HELD, position), Action(ABORT_FILLERS, gap_start, gap - 1)]
@@ -82,5 +94,5 @@ def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_star
     if gap >= 2:
         actions.append(Action(ABORT_FILLERS, position, gap - 1))
     elif gap == 1:
-        actions.append(Action(LONE_OFFSET, position))
+        actions.append(Action(MARKER if markers else LONE_OFFSET, position))
     return actions

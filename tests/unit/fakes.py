@@ -63,6 +63,10 @@ class FakePartitionLog:
         self._next_txn += 1
         return txn
 
+    def add_to(self, txn: int) -> None:
+        """AddPartitionsToTxn with no record appended (Kafka writes the marker anyway)."""
+        self._open.setdefault(txn, self.log_end_offset)
+
     def commit(self, txn: int) -> int:
         return self._end(txn, aborted=False)
 
@@ -201,6 +205,8 @@ class FakeSink:
         self.reports: list[Confirmation] = []
         self.misreport: dict[int, int] = {}  # expected offset -> offset to claim instead
         self.crash_in_commit_one = False
+        self.crash_in_marker = False
+        self.markers = True  # markers_supported()
         self.calls: list[str] = []
         self.chunks: list = []  # what each produce() call was given
         self.fenced = 0
@@ -250,6 +256,20 @@ class FakeSink:
             raise SimulatedCrash(f"crashed before committing offset {assigned}")
         self.log.commit(txn)
         return Confirmation(record.offset, self.misreport.get(record.offset, assigned))
+
+    def markers_supported(self) -> bool:
+        return self.markers
+
+    def marker(self, offset: int) -> Confirmation:
+        self.calls.append("marker")
+        self._no_async_writes("marker")
+        assert self.markers, "marker() on a sink that said it cannot write one"
+        txn = self.log.begin()
+        self.log.add_to(txn)
+        if self.crash_in_marker:
+            raise SimulatedCrash(f"crashed inside the marker-only transaction for offset {offset}")
+        assigned = self.log.abort(txn)
+        return Confirmation(offset, self.misreport.get(offset, assigned))
 
     def abort_fillers(self, first_offset: int, count: int) -> Confirmation:
         self.calls.append("abort_fillers")

@@ -35,9 +35,10 @@ def run(c: PartitionCopier, src: FakePartitionLog, dst: FakePartitionLog, max_st
     raise AssertionError(f"not caught up after {max_steps} steps: {dst.log_end_offset} < {src.log_end_offset}")
 
 
-def mirror(src: FakePartitionLog, **kw) -> tuple[FakePartitionLog, PartitionCopier, FakeSink]:
+def mirror(src: FakePartitionLog, markers: bool = True, **kw) -> tuple[FakePartitionLog, PartitionCopier, FakeSink]:
     dst = FakePartitionLog()
     sink = FakeSink(dst)
+    sink.markers = markers
     c = copier(FakeSource(src), sink, **kw)
     c.start()
     run(c, src, dst)
@@ -98,7 +99,11 @@ def test_last_record_is_held_back_until_the_offset_after_it_is_known():
 # -- gaps ---------------------------------------------------------------------------------
 
 
-def test_gap_of_one_after_committed_transactions_is_a_one_record_transaction():
+@pytest.mark.parametrize("markers", [True, False], ids=["marker-only", "fallback"])
+def test_gap_of_one_after_committed_transactions(markers):
+    """With markers: the record goes the fast path and a marker-only transaction takes the
+    gap. Without (a destination that would keep the marker's record): the record alone in
+    a committed transaction."""
     src = FakePartitionLog()
     for i in range(5):
         t = src.begin()
@@ -106,11 +111,18 @@ def test_gap_of_one_after_committed_transactions_is_a_one_record_transaction():
         src.commit(t)  # marker at the next offset: a gap of exactly 1
         src.append(b"plain", b"%d" % i, 20 + i)
 
-    dst, c, sink = mirror(src)
+    dst, c, sink = mirror(src, markers=markers)
 
     assert_same_view(src, dst)
-    assert c.progress.counters["transactions_committed"] == 5
+    counters = c.progress.counters
+    if markers:
+        assert counters["marker_transactions"] == 5 and "transactions_committed" not in counters
+        assert "commit_one" not in sink.calls
+    else:
+        assert counters["transactions_committed"] == 5 and "marker_transactions" not in counters
+        assert "marker" not in sink.calls
     assert c.progress.fillers_written == 0
+    assert c.progress.records_copied == 10
     assert not any(is_filler(r) for r in dst.read_uncommitted())
 
 
@@ -285,6 +297,7 @@ def test_crash_inside_a_one_record_transaction_fails_the_partition_on_restart():
     src.append(b"k", b"7")
     dst = FakePartitionLog()
     sink = FakeSink(dst)
+    sink.markers = False  # the fallback: where the destination cannot take a marker alone
     sink.crash_in_commit_one = True
     c = copier(FakeSource(src), sink)
     c.start()
@@ -301,6 +314,35 @@ def test_crash_inside_a_one_record_transaction_fails_the_partition_on_restart():
     assert restarted.progress.last_error == str(failed.value)
     with pytest.raises(PartitionFailed):
         restarted.step(0.0)
+
+
+def test_crash_inside_a_marker_only_transaction_leaves_the_marker_where_planned():
+    """The same source as above, with markers: record 5 went the fast path, the crash
+    lands inside the marker-only transaction for offset 6 (it holds the partition,
+    nothing appended). The restart's fence aborts it: its marker takes offset 6 exactly,
+    and the copy goes on identical."""
+    src = FakePartitionLog()
+    for i in range(5):
+        src.append(b"k", b"%d" % i)
+    t = src.begin()
+    src.append(b"txn", b"r", txn=t)  # 5
+    src.commit(t)  # 6: gap of 1 after offset 5
+    src.append(b"k", b"7")
+    dst = FakePartitionLog()
+    sink = FakeSink(dst)
+    sink.crash_in_marker = True
+    c = copier(FakeSource(src), sink)
+    c.start()
+    with pytest.raises(SimulatedCrash):
+        run(c, src, dst)
+    assert dst.log_end_offset == 6 and dst.last_stable_offset == 6  # open, nothing appended
+
+    restarted = copier(FakeSource(src), FakeSink(dst))
+    restarted.start()
+    assert restarted.progress.next_offset == 7  # the fence's abort marker took offset 6
+    run(restarted, src, dst)
+    assert_same_view(src, dst)
+    assert not any(is_filler(r) for r in dst.read_uncommitted())
 
 
 def test_tail_check_catches_a_differing_record():
@@ -559,7 +601,9 @@ def test_lone_empty_offset_after_a_written_record_becomes_a_counted_visible_fill
     for i in range(3):
         src.append(b"k", b"%d" % i)
     dst = FakePartitionLog()
-    c = copier(FakeSource(src), FakeSink(dst))
+    sink = FakeSink(dst)
+    sink.markers = False  # the fallback: where the destination cannot take a marker alone
+    c = copier(FakeSource(src), sink)
     c.start()
     c.step(0.0)
     c.step(0.0)
@@ -579,6 +623,31 @@ def test_lone_empty_offset_after_a_written_record_becomes_a_counted_visible_fill
     assert any("offset 3: a single empty source offset" in m for m in caplog.messages)
 
 
+def test_lone_empty_offset_after_a_written_record_takes_a_marker_only_transaction():
+    """The case above where the destination can take a marker alone: offset 3 gets
+    nothing any reader sees, and nothing is counted as a visible filler."""
+    src = FakePartitionLog()
+    for i in range(3):
+        src.append(b"k", b"%d" % i)
+    dst = FakePartitionLog()
+    c = copier(FakeSource(src), FakeSink(dst))
+    c.start()
+    c.step(0.0)
+    c.step(0.0)
+    assert dst.log_end_offset == 3
+    t = src.begin()
+    src.append(b"t", b"aborted", txn=t)  # 3
+    src.append(b"other", b"visible")  # 4
+    src.abort(t)  # 5
+    src.append(b"k", b"6")
+    run(c, src, dst)
+    assert_same_view(src, dst)
+    assert not any(is_filler(r) for r in dst.read_uncommitted() if r.offset == 3)
+    # offset 3, and offset 5 after record 4 (which went the fast path)
+    assert c.progress.counters["marker_transactions"] == 2
+    assert "visible_fillers" not in c.progress.counters and "transactions_committed" not in c.progress.counters
+
+
 def test_lone_empty_offset_at_the_destination_head_vanishes():
     src = FakePartitionLog()
     src.append(b"k", b"0")
@@ -587,10 +656,15 @@ def test_lone_empty_offset_at_the_destination_head_vanishes():
     src.commit(t)  # 2
     src.append(b"k", b"3")
     src.delete_records_before(2)  # the source now starts on a commit marker
-    dst, c, _ = mirror(src)
+    dst, c, _ = mirror(src, markers=False)
     assert dst.read_committed() == src.read_committed()
     assert dst.log_end_offset == src.log_end_offset
     assert dst.log_start_offset == 3  # the lone offset 2 was filled, then deleted
+    assert c.progress.counters.get("visible_fillers", 0) == 0
+    # with markers the destination starts where the source does, on a marker
+    dst, c, _ = mirror(src, markers=True)
+    assert_same_view(src, dst)
+    assert dst.log_start_offset == src.log_start_offset == 2
     assert c.progress.counters.get("visible_fillers", 0) == 0
 
 

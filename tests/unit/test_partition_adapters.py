@@ -216,6 +216,7 @@ def producers(fake: FakeProducer) -> SinkProducers:
     s.conf, s.link, s.label, s.delivery_timeout_ms = {}, "l", "[l]", 30000
     s.pending = __import__("collections").defaultdict(__import__("collections").deque)
     s._tallies, s._callbacks, s.transactional, s._untracked = {}, {}, {}, {}
+    s.markers, s._markers_ok = {}, {}
     s.producer = fake
     return s
 

@@ -10,6 +10,7 @@ from kafka_mirrors.replication.plan import (
     ABORT_FILLERS,
     COMMIT_HELD,
     LONE_OFFSET,
+    MARKER,
     PRODUCE_HELD,
     SKIP_LOST,
     Action,
@@ -79,8 +80,28 @@ def test_plan_gap_follows_the_design_table(next_offset, following, holding, log_
     assert plan_gap(next_offset, following, holding=holding, source_log_start=log_start) == expected
 
 
-def test_plan_gap_always_covers_the_gap_exactly():
-    """Whatever the inputs, the planned writes take the destination exactly to `following`."""
+@pytest.mark.parametrize(
+    "next_offset, following, holding, log_start, expected",
+    [
+        # held record at 10, commit marker at 11: r the fast path, a marker-only transaction at 11
+        (10, 12, True, 0, [Action(PRODUCE_HELD, 10), Action(MARKER, 11)]),
+        # nothing held: a single empty offset takes a marker alone
+        (10, 11, False, 0, [Action(MARKER, 10)]),
+        (10, 51, True, 50, [Action(PRODUCE_HELD, 10), Action(SKIP_LOST, 11, 39), Action(MARKER, 50)]),
+        # gaps of 2 and more are unchanged: fillers and their abort marker
+        (10, 15, True, 0, [Action(PRODUCE_HELD, 10), Action(ABORT_FILLERS, 11, 3)]),
+        (10, 12, False, 0, [Action(ABORT_FILLERS, 10, 1)]),
+    ],
+)
+def test_plan_gap_with_markers(next_offset, following, holding, log_start, expected):
+    assert plan_gap(next_offset, following, holding=holding, source_log_start=log_start,
+                    markers=True) == expected
+
+
+@pytest.mark.parametrize("markers", [False, True])
+def test_plan_gap_always_covers_the_gap_exactly(markers):
+    """Whatever the inputs, the planned writes take the destination exactly to `following`;
+    with markers, no record is ever written inside a transaction that could be aborted."""
     rng = random.Random(11)
     for _ in range(2000):
         nxt = rng.randint(0, 50)
@@ -88,8 +109,10 @@ def test_plan_gap_always_covers_the_gap_exactly():
         following = nxt + (1 if holding else 0) + rng.randint(0, 6)
         log_start = rng.randint(0, following)
         position = nxt
-        for a in plan_gap(nxt, following, holding=holding, source_log_start=log_start):
+        for a in plan_gap(nxt, following, holding=holding, source_log_start=log_start, markers=markers):
             assert a.offset == position
+            if markers:
+                assert a.kind not in (COMMIT_HELD, LONE_OFFSET)
             if a.kind == PRODUCE_HELD:
                 position += 1
             elif a.kind == COMMIT_HELD:
@@ -100,6 +123,6 @@ def test_plan_gap_always_covers_the_gap_exactly():
             elif a.kind == SKIP_LOST:
                 assert a.count >= 1 and a.offset + a.count <= max(log_start, a.offset)
                 position += a.count
-            elif a.kind == LONE_OFFSET:
+            elif a.kind in (LONE_OFFSET, MARKER):
                 position += 1
         assert position == following

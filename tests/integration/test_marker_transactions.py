@@ -1,0 +1,97 @@
+"""Marker-only transactions on a real broker (docs/architecture.md section 3): a gap of
+one offset is taken by a transaction whose one record the destination refuses, aborted,
+so that its marker alone lands there; and a worker that dies inside one leaves exactly
+that marker once the next owner of the slot fences it. Before these, a gap of 1 after a
+record r was r alone in a committed transaction, and a kill inside it left r aborted
+under the copy: the mirror FAILED (CI8, CI9)."""
+from __future__ import annotations
+
+import pytest
+from confluent_kafka import KafkaException, Producer
+
+from kafka_mirrors.kafka.admin import Admin
+from kafka_mirrors.kafka.partition import (
+    END_OF_TIME_MS,
+    FILLER_HEADER,
+    KafkaPartitionSink,
+    OffsetReader,
+    SinkProducers,
+)
+from kafka_mirrors.replication.interfaces import Record
+from tests import mirrortools as mt
+from tests.mirroring import unique
+
+pytestmark = pytest.mark.integration
+
+
+def sink_for(destination, link: str, topic: str, compacted: bool = False):
+    conf = destination.conf()
+    producers = SinkProducers(conf, link, f"[{link}]")
+    admin = Admin(conf, "destination")
+    sink = KafkaPartitionSink(producers, OffsetReader(admin.client, "destination"), admin, conf,
+                              topic, 0, compacted)
+    return producers, sink
+
+
+def write(sink: KafkaPartitionSink, offset: int, value: bytes) -> None:
+    sink.produce([Record(offset, b"k", value, 1_700_000_000_000 + offset, (("h", b"1"),))])
+    reports = sink.flush(30)
+    assert reports.count == 1 and not reports.mismatches, reports
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["delete", "compact"])
+def test_a_marker_only_transaction_takes_exactly_one_offset(destination, compacted):
+    topic = destination.create_topic(unique("marker"), partitions=1,
+                                     config={"cleanup.policy": "compact"} if compacted else None)
+    producers, sink = sink_for(destination, unique("link"), topic, compacted)
+    try:
+        sink.close_open_transaction()
+        assert sink.markers_supported()
+        write(sink, 0, b"r0")
+        for offset in (1, 2):  # two in a row: the refused records' sequence numbers do not matter
+            c = sink.marker(offset)
+            assert (c.expected_offset, c.assigned_offset, c.error) == (offset, offset, None)
+            assert sink.log_end_offset() == offset + 1
+        write(sink, 3, b"r3")  # the fast path after markers: still lands where planned
+        assert sink.log_end_offset() == 4
+        # nothing a reader sees took offsets 1 and 2, whatever its isolation level
+        for isolation in ("read_committed", "read_uncommitted"):
+            got = [(s.offset, s.value) for s in mt.snapshot(destination, topic, 0, isolation)]
+            assert got == [(0, b"r0"), (3, b"r3")], (isolation, got)
+        assert mt.watermarks(destination, topic, 0, "read_committed")[1] == 4  # nothing left open
+    finally:
+        producers.close()
+
+
+def test_a_worker_killed_inside_a_marker_only_transaction_leaves_that_marker(destination):
+    """The crash, made exactly: a producer with the slot's marker transactional id adds
+    the partition (its refused record is sent) and never ends the transaction. The next
+    copier's fence aborts it: one marker, at the offset the dead one meant to take."""
+    link, topic = unique("link"), destination.create_topic(unique("marker-kill"), partitions=1)
+    producers, sink = sink_for(destination, link, topic)
+    try:
+        sink.close_open_transaction()
+        write(sink, 0, b"r0")
+        dead = Producer({**destination.conf(), "log_level": 0,
+                         "transactional.id": producers.transactional_id(topic, 0) + "/markers"})
+        dead.init_transactions(30)  # fences our marker producer: the dead one is its successor
+        dead.begin_transaction()
+        dead.produce(topic, None, None, partition=0, timestamp=END_OF_TIME_MS, headers=[(FILLER_HEADER, b"marker")])
+        dead.flush(30)
+        assert sink.log_end_offset() == 1  # refused: nothing appended
+        assert mt.watermarks(destination, topic, 0, "read_committed")[1] == 1
+    finally:
+        producers.close()
+    # "the worker died": a new one takes the slot, fences it, reads its checkpoint
+    producers, sink = sink_for(destination, link, topic)
+    try:
+        sink.close_open_transaction()
+        assert sink.log_end_offset() == 2  # the abort marker took offset 1, and only it
+        assert mt.watermarks(destination, topic, 0, "read_committed")[1] == 2
+        with pytest.raises(KafkaException):
+            dead.abort_transaction(10)  # fenced: the dead producer can write nothing more
+        write(sink, 2, b"r2")
+        got = [(s.offset, s.value) for s in mt.snapshot(destination, topic, 0, "read_uncommitted")]
+        assert got == [(0, b"r0"), (2, b"r2")]
+    finally:
+        producers.close()
