@@ -969,7 +969,7 @@ class SinkProducers:
         known = self._markers_ok.get(topic)
         if known is not None and now - known[0] < MARKERS_RECHECK_S:
             return known[1]
-        ok = False
+        ok, asked_at = False, now
         try:
             configs = kt.describe_topic_configs(admin, topic)
             kind = configs.get("message.timestamp.type")
@@ -979,7 +979,8 @@ class SinkProducers:
                 ok = int(after.value) < END_OF_TIME_MS - int(time.time() * 1000) - 86_400_000
         except (KafkaMirrorsError, KafkaException, ValueError):
             log.debug("%s: reading the configs of %s", self.label, topic, exc_info=True)
-        self._markers_ok[topic] = (now, ok)
+            asked_at = now - MARKERS_RECHECK_S + 5.0  # not read: asked again in 5 s
+        self._markers_ok[topic] = (asked_at, ok)
         return ok
 
     def fence_slots(self, slots) -> set[int]:
@@ -990,20 +991,30 @@ class SinkProducers:
         init failed is left to txn_producer, which raises the error where a start sees it."""
         todo = sorted({k for k in slots if k not in self.transactional})
         if todo:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(todo), SLOTS),
+            # both ids of every slot at once: 2 x len(todo) inits in parallel
+            wanted = [(k, markers) for k in todo for markers in (False, True)]
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(wanted), 2 * SLOTS),
                                                        thread_name_prefix="fence") as pool:
-                made = list(pool.map(self._try_new_txn_producers, todo))
+                made = dict(zip(wanted, pool.map(self._try_new_txn_producer, wanted)))
             now = time.monotonic()
-            for k, pair in zip(todo, made):
-                if pair is not None:
-                    self.transactional[k], self.markers[k] = pair
+            for k in todo:
+                fillers, markers = made[(k, False)], made[(k, True)]
+                if fillers is not None and markers is not None:
+                    self.transactional[k], self.markers[k] = fillers, markers
                     self.fenced_slots.add(k)
                     self._last_used[k] = now
+                else:
+                    for p in (fillers, markers):
+                        if p is not None:
+                            p.flush(0)
         return {k for k in slots if k in self.transactional}
 
-    def _try_new_txn_producers(self, k: int) -> tuple[Producer, Producer] | None:
+    def _try_new_txn_producer(self, which: tuple[int, bool]) -> Producer | None:
+        k, markers = which
         try:
-            return self._new_txn_producers(k)
+            if markers:
+                return self._new_txn_producer(self.marker_transactional_id(k), log_level=2)
+            return self._new_txn_producer(self.slot_transactional_id(k))
         except Exception:  # noqa: BLE001 - txn_producer asks again and raises it
             log.debug("%s: fencing slot %d", self.label, k, exc_info=True)
             return None

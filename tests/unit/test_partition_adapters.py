@@ -520,3 +520,52 @@ def test_the_ready_set_is_exactly_the_partitions_with_something_for_their_copier
                 f.seek(*o[1], nxt[o[1]])
             assert f.ready == {k for k in f.buffers if f.has_data(*k)}
     run()
+
+
+class _Entry:
+    def __init__(self, value):
+        self.value = value
+
+
+@pytest.mark.parametrize("configs, expected", [
+    ({"message.timestamp.type": "CreateTime", "message.timestamp.after.max.ms": "3600000"}, True),
+    # Kafka's default before 4.0: a timestamp at the end of time is accepted, so no markers
+    ({"message.timestamp.type": "CreateTime", "message.timestamp.after.max.ms": str((1 << 63) - 1)}, False),
+    ({"message.timestamp.type": "LogAppendTime", "message.timestamp.after.max.ms": "3600000"}, False),
+    ({"message.timestamp.type": "CreateTime"}, False),  # a broker without the config
+])
+def test_markers_only_where_the_destination_surely_refuses_their_record(monkeypatch, configs, expected):
+    import kafka_mirrors.kafka.partition as kp
+    asked = []
+
+    def describe(admin, topic):
+        asked.append(topic)
+        return {k: _Entry(v) for k, v in configs.items()}
+    monkeypatch.setattr(kp.kt, "describe_topic_configs", describe)
+    s = producers(FakeProducer())
+    assert s.markers_supported(None, "t", compacted=False) is expected
+    assert s.markers_supported(None, "t", compacted=False) is expected
+    assert asked == ["t"]  # kept for MARKERS_RECHECK_S
+    assert s.markers_supported(None, "c", compacted=True) is True  # a null key is refused anyway
+    assert asked == ["t"]
+
+
+def test_markers_config_read_failure_means_no_markers_and_asks_again_soon(monkeypatch):
+    import kafka_mirrors.kafka.partition as kp
+    from kafka_mirrors.errors import KafkaOperationError
+    calls = []
+
+    def describe(admin, topic):
+        calls.append(topic)
+        raise KafkaOperationError("describing the configs of topic 't': timed out")
+    monkeypatch.setattr(kp.kt, "describe_topic_configs", describe)
+    now = [1000.0]
+    monkeypatch.setattr(kp.time, "monotonic", lambda: now[0])
+    s = producers(FakeProducer())
+    assert s.markers_supported(None, "t", compacted=False) is False
+    now[0] += 4.0
+    assert s.markers_supported(None, "t", compacted=False) is False
+    assert len(calls) == 1
+    now[0] += 2.0
+    s.markers_supported(None, "t", compacted=False)
+    assert len(calls) == 2
