@@ -58,6 +58,11 @@ MARKER_WAIT_S = 30.0
 # the present of the end of time too (Long.MAX_VALUE: Kafka's default before 4.0).
 END_OF_TIME_MS = (1 << 63) - 1
 MARKERS_RECHECK_S = 60.0  # how long a mirror topic's "can take markers" answer is kept
+# how the destination refuses a marker-only transaction's record: anything else is not the plan
+MARKER_REFUSALS = frozenset({
+    KafkaError.INVALID_TIMESTAMP, KafkaError.INVALID_RECORD,
+    KafkaError.INVALID_MSG,  # CORRUPT_MESSAGE in Kafka's words
+})
 
 
 def _quiet(conf: Mapping[str, object]) -> dict:
@@ -959,28 +964,44 @@ class SinkProducers:
         self.txn_producer(topic, partition)  # the slot's two ids are fenced together
         return self.markers[self.slot(topic, partition)]
 
-    def markers_supported(self, admin: Admin, topic: str, compacted: bool) -> bool:
-        """Whether the destination refuses a marker-only transaction's record on `topic`
-        (see KafkaPartitionSink.marker). Asked at most every MARKERS_RECHECK_S per topic;
-        when the configs cannot be read, no (the copier then commits the record alone)."""
-        if compacted:
-            return True  # a compacted topic refuses a record without a key, whatever else
+    def markers_supported(self, admin: Admin, topic: str) -> bool:
+        """Whether the destination surely refuses a marker-only transaction's record on
+        `topic` (see KafkaPartitionSink.marker): a compacted topic refuses a record without
+        a key; a CreateTime topic with a finite message.timestamp.after.max.ms refuses a
+        timestamp at the end of time. Read from the topic's configs at most every
+        MARKERS_RECHECK_S. Not readable: the last answer (asked again in 5 s); none yet,
+        KafkaOperationError (the copier backs off); refused by an ACL: no markers."""
         now = time.monotonic()
         known = self._markers_ok.get(topic)
         if known is not None and now - known[0] < MARKERS_RECHECK_S:
             return known[1]
-        ok, asked_at = False, now
         try:
             configs = kt.describe_topic_configs(admin, topic)
-            kind = configs.get("message.timestamp.type")
-            after = configs.get("message.timestamp.after.max.ms")
-            if kind is not None and kind.value == "CreateTime" and after is not None and after.value is not None:
-                # refused when END_OF_TIME_MS - now > after.max.ms; a day of margin for clocks
-                ok = int(after.value) < END_OF_TIME_MS - int(time.time() * 1000) - 86_400_000
-        except (KafkaMirrorsError, KafkaException, ValueError):
-            log.debug("%s: reading the configs of %s", self.label, topic, exc_info=True)
-            asked_at = now - MARKERS_RECHECK_S + 5.0  # not read: asked again in 5 s
-        self._markers_ok[topic] = (asked_at, ok)
+        except (KafkaMirrorsError, KafkaException) as exc:
+            if "AUTHORIZATION" in str(exc).upper():
+                log.warning("%s: cannot read the configs of mirror topic %s (%s): gaps of one offset "
+                            "are written without marker-only transactions", self.label, topic, exc)
+                self._markers_ok[topic] = (now, False)
+                return False
+            if known is None:
+                raise KafkaOperationError(f"{self.label}: reading the configs of mirror topic {topic} "
+                                          f"(whether it takes marker-only transactions): {exc}") from exc
+            self._markers_ok[topic] = (now - MARKERS_RECHECK_S + 5.0, known[1])
+            return known[1]
+
+        def value(name: str) -> str | None:
+            entry = configs.get(name)
+            return None if entry is None else entry.value
+
+        ok = "compact" in (value("cleanup.policy") or "")
+        if not ok and value("message.timestamp.type") == "CreateTime":
+            try:
+                after = int(value("message.timestamp.after.max.ms") or "")
+            except ValueError:
+                after = None  # a broker without the config (before 3.6)
+            # refused when END_OF_TIME_MS - now > after.max.ms; a day of margin for clocks
+            ok = after is not None and after < END_OF_TIME_MS - int(time.time() * 1000) - 86_400_000
+        self._markers_ok[topic] = (now, ok)
         return ok
 
     def fence_slots(self, slots) -> set[int]:
@@ -1033,7 +1054,7 @@ class SinkProducers:
     def _new_txn_producer(self, transactional_id: str, log_level: int = 3) -> Producer:
         p = Producer(_quiet({
             **self.conf,
-            "log_level": log_level,
+            "log_level": self.conf.get("log_level", log_level),  # the operator's, if set
             "transactional.id": transactional_id,
             "enable.idempotence": True,
             "acks": "all",
@@ -1221,7 +1242,7 @@ class KafkaPartitionSink:
         return self._txn_write([record], commit=True)
 
     def markers_supported(self) -> bool:
-        return self.producers.markers_supported(self.admin, self.topic, self.filler_key is not None)
+        return self.producers.markers_supported(self.admin, self.topic)
 
     def marker(self, offset: int) -> Confirmation:
         try:
@@ -1236,21 +1257,38 @@ class KafkaPartitionSink:
         at the end of time on a CreateTime one), in a transaction that is then aborted:
         the partition was added to the transaction before the record was sent, so the
         abort marker lands on it, at `offset`, with nothing before it. A crash at any point
-        leaves the same: a transaction holding the partition, aborted by the broker."""
+        leaves the same: a transaction holding the partition, aborted by the broker.
+
+        The log end offset is `offset` before and `offset` + 1 after, or the partition
+        fails (another writer). A refusal other than the planned one, or no report at all,
+        raises KafkaOperationError: the copier backs off and its next start plans the gap
+        again from the log end offset, which shows whether the abort left a marker."""
+        before = self.log_end_offset()
+        if before != offset:
+            return Confirmation(offset, None, f"the destination log end offset is {before} before the "
+                                f"marker-only transaction for offset {offset} (another writer?)")
         p = self.producers.marker_producer(self.topic, self.partition)
         reports: list = []
         p.begin_transaction()
         p.produce(self.topic, None, None, partition=self.partition, timestamp=END_OF_TIME_MS,
                   headers=[(FILLER_HEADER, b"marker")], on_delivery=lambda err, msg: reports.append((err, msg)))
         p.flush(30)
-        landed = [msg.offset() for err, msg in reports if err is None]
         p.abort_transaction(30)
-        if landed:
-            return Confirmation(offset, landed[0], "the destination kept the record of a marker-only "
-                                "transaction (was its message.timestamp.type or after.max.ms changed?)")
         if not reports:
-            return Confirmation(offset, None, "no delivery report for the record of a marker-only transaction")
+            raise KafkaOperationError(f"{self.topic}-{self.partition}: no delivery report for the record "
+                                      f"of the marker-only transaction at offset {offset} within 30 s")
+        err, msg = reports[0]
+        if err is None:
+            return Confirmation(offset, msg.offset(), "the destination kept the record of a marker-only "
+                                "transaction (was its message.timestamp.type or after.max.ms changed?)")
+        if err.code() not in MARKER_REFUSALS:
+            raise KafkaOperationError(f"{self.topic}-{self.partition}: the record of the marker-only "
+                                      f"transaction at offset {offset} was not refused as planned: {err.str()}")
         self._wait_log_end(offset + 1)
+        after = self.log_end_offset()
+        if after != offset + 1:
+            return Confirmation(offset, None, f"the destination log end offset is {after} after the "
+                                f"marker-only transaction for offset {offset} (another writer?)")
         return Confirmation(offset, offset)
 
     def _fillers(self, first_offset: int, count: int) -> list[Record]:

@@ -274,7 +274,7 @@ class PartitionCopier:
         actions = plan_gap(
             self._next, following, holding=held is not None,
             source_log_start=self._source_log_start(),
-            markers=bool(markers is not None and markers()),
+            markers=markers if markers is not None else False,  # asked only for a gap of 1
         )
         self._log.debug("[%s] gap before %d: %s", self._label, following, actions)
         for action in actions:
@@ -316,9 +316,11 @@ class PartitionCopier:
 
     def _lone_offset(self, offset: int) -> None:
         """One invisible source offset with no record of ours before it to carry a marker
-        (compaction removed the record after one already written). Kafka cannot spend a
-        single offset invisibly, so: at the destination's head, filler + DeleteRecords;
-        elsewhere a filler that read_committed consumers DO see, said loudly and counted."""
+        (compaction removed the record after one already written), on a sink that cannot
+        write a marker-only transaction (MARKER, where the destination would keep its
+        record). Without one a single offset cannot be spent invisibly, so: at the
+        destination's head, filler + DeleteRecords; elsewhere a filler that read_committed
+        consumers DO see, said loudly and counted."""
         self._write_fill(offset, 1)
         if self._sink.log_start_offset() == offset:
             self._sink.delete_records_before(offset + 1)

@@ -18,11 +18,12 @@ reader does not see. `dense_run_end` finds where the fast path (plain produce) e
 MARKER is a transaction that holds the partition but appends no record to it (its one
 write is refused by the destination broker), aborted: its marker alone takes the offset.
 A crash inside it leaves exactly that marker, so it is what a gap of 1 uses wherever the
-sink can write one (`markers`); COMMIT_HELD, the fallback, loses r if a crash aborts it.
+sink can write one (`markers`); with COMMIT_HELD, the fallback, a crash that aborts it
+leaves r invisible under the copy (the copier's next start then fails the partition).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from kafka_mirrors.replication.interfaces import Record
 
@@ -61,14 +62,18 @@ def dense_run_end(records: Sequence[Record], start: int) -> int:
 
 
 def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_start: int,
-             markers: bool = False) -> list[Action]:
+             markers: bool | Callable[[], bool] = False) -> list[Action]:
     """The writes that take the destination from `next_offset` to `following`, the next
     offset known to come after (a visible record, or the source's last stable offset).
 
     holding: a record is held back at next_offset (the gap starts after it); otherwise the
     gap starts at next_offset itself. source_log_start: the source's log start offset now;
     offsets of the gap below it were deleted by retention and are skipped (and counted).
-    markers: the sink can take a single offset with a marker-only transaction (MARKER)."""
+    markers: the sink can take a single offset with a marker-only transaction (MARKER);
+    a callable is asked only when a gap of exactly 1 needs the answer."""
+    def use_markers() -> bool:
+        return bool(markers()) if callable(markers) else bool(markers)
+
     actions: list[Action] = []
     position = next_offset
     if holding:
@@ -80,7 +85,7 @@ def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_star
         elif gap == 0:
             return [Action(PRODUCE_HELD, position)]
         elif gap == 1:
-            if markers:
+            if use_markers():
                 return [Action(PRODUCE_HELD, position), Action(MARKER, gap_start)]
             return [Action(COMMIT_HELD, position)]
         else:
@@ -94,5 +99,5 @@ def plan_gap(next_offset: int, following: int, *, holding: bool, source_log_star
     if gap >= 2:
         actions.append(Action(ABORT_FILLERS, position, gap - 1))
     elif gap == 1:
-        actions.append(Action(MARKER if markers else LONE_OFFSET, position))
+        actions.append(Action(MARKER if use_markers() else LONE_OFFSET, position))
     return actions

@@ -533,6 +533,12 @@ class _Entry:
     ({"message.timestamp.type": "CreateTime", "message.timestamp.after.max.ms": str((1 << 63) - 1)}, False),
     ({"message.timestamp.type": "LogAppendTime", "message.timestamp.after.max.ms": "3600000"}, False),
     ({"message.timestamp.type": "CreateTime"}, False),  # a broker without the config
+    # a compacted topic refuses the record's null key, whatever its timestamps
+    ({"cleanup.policy": "compact", "message.timestamp.type": "CreateTime",
+      "message.timestamp.after.max.ms": str((1 << 63) - 1)}, True),
+    ({"cleanup.policy": "compact,delete"}, True),
+    ({"cleanup.policy": "delete", "message.timestamp.type": "CreateTime",
+      "message.timestamp.after.max.ms": str((1 << 63) - 1)}, False),
 ])
 def test_markers_only_where_the_destination_surely_refuses_their_record(monkeypatch, configs, expected):
     import kafka_mirrors.kafka.partition as kp
@@ -543,29 +549,173 @@ def test_markers_only_where_the_destination_surely_refuses_their_record(monkeypa
         return {k: _Entry(v) for k, v in configs.items()}
     monkeypatch.setattr(kp.kt, "describe_topic_configs", describe)
     s = producers(FakeProducer())
-    assert s.markers_supported(None, "t", compacted=False) is expected
-    assert s.markers_supported(None, "t", compacted=False) is expected
+    assert s.markers_supported(None, "t") is expected
+    assert s.markers_supported(None, "t") is expected
     assert asked == ["t"]  # kept for MARKERS_RECHECK_S
-    assert s.markers_supported(None, "c", compacted=True) is True  # a null key is refused anyway
-    assert asked == ["t"]
 
 
-def test_markers_config_read_failure_means_no_markers_and_asks_again_soon(monkeypatch):
+def test_markers_when_the_configs_cannot_be_read(monkeypatch):
+    """None known yet: raise (the copier backs off); known: the last answer, asked again
+    in 5 s; an ACL refusal: no markers."""
     import kafka_mirrors.kafka.partition as kp
     from kafka_mirrors.errors import KafkaOperationError
-    calls = []
+    answers: list = [KafkaOperationError("describing the configs of topic 't': timed out")]
 
     def describe(admin, topic):
-        calls.append(topic)
-        raise KafkaOperationError("describing the configs of topic 't': timed out")
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
     monkeypatch.setattr(kp.kt, "describe_topic_configs", describe)
     now = [1000.0]
     monkeypatch.setattr(kp.time, "monotonic", lambda: now[0])
     s = producers(FakeProducer())
-    assert s.markers_supported(None, "t", compacted=False) is False
+    with pytest.raises(KafkaOperationError, match="reading the configs of mirror topic t"):
+        s.markers_supported(None, "t")
+    answers.append({"cleanup.policy": _Entry("compact")})
+    assert s.markers_supported(None, "t") is True
+    now[0] += kp.MARKERS_RECHECK_S
+    answers.append(KafkaOperationError("timed out"))
+    assert s.markers_supported(None, "t") is True  # the last answer
     now[0] += 4.0
-    assert s.markers_supported(None, "t", compacted=False) is False
-    assert len(calls) == 1
+    assert s.markers_supported(None, "t") is True and not answers  # not asked again yet
     now[0] += 2.0
-    s.markers_supported(None, "t", compacted=False)
-    assert len(calls) == 2
+    answers.append(KafkaOperationError("TOPIC_AUTHORIZATION_FAILED: not allowed"))
+    assert s.markers_supported(None, "t") is False
+    assert not answers
+
+
+class _Err:
+    def __init__(self, code):
+        self._code = code
+
+    def code(self):
+        return self._code
+
+    def str(self):
+        return f"error {self._code}"
+
+
+class _TxnProducer:
+    """begin/produce/flush/abort; `outcome`: (err, offset) the record's report, or None
+    for no report. `log` is the partition's log end offset, moved by the abort."""
+
+    def __init__(self, log, outcome, marker_lands=True):
+        self.log, self.outcome, self.marker_lands = log, outcome, marker_lands
+        self.calls, self._cb = [], None
+
+    def begin_transaction(self):
+        self.calls.append("begin")
+
+    def produce(self, topic, value, key, partition, timestamp, headers, on_delivery):
+        assert key is None and value is None and timestamp == (1 << 63) - 1
+        self._cb = on_delivery
+
+    def flush(self, timeout):
+        if self.outcome is not None:
+            err, offset = self.outcome
+            if err is None:
+                self.log[0] += 1
+            self._cb(err, FakeMessage(offset) if offset is not None else None)
+
+    def abort_transaction(self, timeout):
+        self.calls.append("abort")
+        if self.marker_lands:
+            self.log[0] += 1
+
+
+class FakeMessage:
+    def __init__(self, o):
+        self._o = o
+
+    def offset(self):
+        return self._o
+
+
+def marker_sink(log, producer):
+    from kafka_mirrors.kafka.partition import KafkaPartitionSink
+
+    class Producers:
+        dropped = []
+
+        def marker_producer(self, topic, partition):
+            return producer
+
+        def slot(self, topic, partition):
+            return 3
+
+        def drop_slot(self, k, flush=True):
+            self.dropped.append(k)
+
+    class Offsets:
+        def log_end_offset(self, topic, partition):
+            return log[0]
+
+    sink = KafkaPartitionSink.__new__(KafkaPartitionSink)
+    sink.producers, sink.offset_reader, sink.topic, sink.partition = Producers(), Offsets(), "t", 0
+    return sink
+
+
+def test_marker_refused_as_planned_lands_on_its_offset():
+    from confluent_kafka import KafkaError
+    log = [7]
+    p = _TxnProducer(log, (_Err(KafkaError.INVALID_TIMESTAMP), None))
+    c = marker_sink(log, p).marker(7)
+    assert (c.expected_offset, c.assigned_offset, c.error) == (7, 7, None)
+    assert p.calls == ["begin", "abort"] and log == [8]
+
+
+def test_marker_whose_record_was_kept_fails_the_partition_where_it_landed():
+    log = [7]
+    c = marker_sink(log, _TxnProducer(log, (None, 7))).marker(7)
+    assert c.assigned_offset == 7 and "kept the record" in c.error  # the copier fails on c.error
+
+
+@pytest.mark.parametrize("outcome", [None, "other"], ids=["no report", "another refusal"])
+def test_marker_with_an_unplanned_outcome_backs_off(outcome):
+    from confluent_kafka import KafkaError
+    from kafka_mirrors.errors import KafkaOperationError
+    log = [7]
+    p = _TxnProducer(log, None if outcome is None else (_Err(KafkaError._MSG_TIMED_OUT), None))
+    with pytest.raises(KafkaOperationError):
+        marker_sink(log, p).marker(7)
+    assert p.calls == ["begin", "abort"]  # ended either way: a restart plans from the log end
+
+
+def test_marker_checks_the_log_end_offset_before_and_after():
+    from confluent_kafka import KafkaError
+    log = [8]  # another write landed at 7
+    p = _TxnProducer(log, (_Err(KafkaError.INVALID_TIMESTAMP), None))
+    c = marker_sink(log, p).marker(7)
+    assert "log end offset is 8 before" in c.error and p.calls == []
+    log = [7]
+
+    class Twice(_TxnProducer):
+        def abort_transaction(self, timeout):
+            super().abort_transaction(timeout)
+            self.log[0] += 1  # and someone else's record after the marker
+    c = marker_sink(log, Twice(log, (_Err(KafkaError.INVALID_TIMESTAMP), None))).marker(7)
+    assert "log end offset is 9 after" in c.error
+
+
+def test_fence_slots_keeps_a_slot_only_with_both_of_its_producers(monkeypatch):
+    s = producers(FakeProducer())
+    s.fenced_slots, s._last_used = set(), {}
+    made, closed = [], []
+
+    class P:
+        def __init__(self, tid):
+            self.tid = tid
+
+        def flush(self, timeout):
+            closed.append(self.tid)
+
+    def new(tid, log_level=3):
+        if tid.endswith("slot-5/markers"):
+            raise RuntimeError("TRANSACTIONAL_ID_AUTHORIZATION_FAILED")
+        made.append(tid)
+        return P(tid)
+    monkeypatch.setattr(s, "_new_txn_producer", new)
+    assert s.fence_slots({4, 5}) == {4}
+    assert set(s.transactional) == {4} and s.markers[4].tid == "kafka-mirrors/l/slot-4/markers"
+    assert closed == ["kafka-mirrors/l/slot-5"]  # slot 5's filler producer is not kept alone

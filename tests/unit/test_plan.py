@@ -126,3 +126,17 @@ def test_plan_gap_always_covers_the_gap_exactly(markers):
             elif a.kind in (LONE_OFFSET, MARKER):
                 position += 1
         assert position == following
+
+
+def test_plan_gap_asks_whether_markers_can_be_written_only_for_a_gap_of_one():
+    asked = []
+
+    def markers():
+        asked.append(1)
+        return True
+    assert plan_gap(10, 15, holding=True, source_log_start=0, markers=markers) == \
+        [Action(PRODUCE_HELD, 10), Action(ABORT_FILLERS, 11, 3)]
+    assert plan_gap(10, 11, holding=True, source_log_start=0, markers=markers) == [Action(PRODUCE_HELD, 10)]
+    assert not asked  # a configs lookup per gap of 2 or more would cost the copy thread
+    assert plan_gap(10, 11, holding=False, source_log_start=0, markers=markers) == [Action(MARKER, 10)]
+    assert asked == [1]
