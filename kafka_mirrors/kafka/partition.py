@@ -1033,23 +1033,26 @@ class SinkProducers:
     def _try_new_txn_producer(self, which: tuple[int, bool]) -> Producer | None:
         k, markers = which
         try:
-            if markers:
-                return self._new_txn_producer(self.marker_transactional_id(k), log_level=2)
-            return self._new_txn_producer(self.slot_transactional_id(k))
+            return self._slot_producer(k, markers)
         except Exception:  # noqa: BLE001 - txn_producer asks again and raises it
             log.debug("%s: fencing slot %d", self.label, k, exc_info=True)
             return None
 
     def _new_txn_producers(self, k: int) -> tuple[Producer, Producer]:
         """The slot's filler and marker producers, each initialised (fenced)."""
-        fillers = self._new_txn_producer(self.slot_transactional_id(k))
+        fillers = self._slot_producer(k, False)
         try:
-            # refused records are the marker producer's every write: librdkafka logs each
-            # refusal as an error (TXNERR); they are expected, so only fatal ones are logged
-            return fillers, self._new_txn_producer(self.marker_transactional_id(k), log_level=2)
+            return fillers, self._slot_producer(k, True)
         except BaseException:
             fillers.flush(0)
             raise
+
+    def _slot_producer(self, k: int, markers: bool) -> Producer:
+        if markers:
+            # refused records are the marker producer's every write: librdkafka logs each
+            # refusal as an error (TXNERR); they are expected, so only fatal ones are logged
+            return self._new_txn_producer(self.marker_transactional_id(k), log_level=2)
+        return self._new_txn_producer(self.slot_transactional_id(k))
 
     def _new_txn_producer(self, transactional_id: str, log_level: int = 3) -> Producer:
         p = Producer(_quiet({

@@ -287,7 +287,8 @@ def test_restart_resumes_exactly_after_stop_and_after_crash():
         assert is_filler(r) or r == source_by_offset[r.offset]
 
 
-def test_crash_inside_a_one_record_transaction_fails_the_partition_on_restart():
+def _commit_gap_after_5() -> FakePartitionLog:
+    """Records 0-4, a transaction's record at 5 and its commit marker at 6, record 7."""
     src = FakePartitionLog()
     for i in range(5):
         src.append(b"k", b"%d" % i)
@@ -295,6 +296,11 @@ def test_crash_inside_a_one_record_transaction_fails_the_partition_on_restart():
     src.append(b"txn", b"r", txn=t)  # 5
     src.commit(t)  # 6: gap of 1 after offset 5
     src.append(b"k", b"7")
+    return src
+
+
+def test_crash_inside_a_one_record_transaction_fails_the_partition_on_restart():
+    src = _commit_gap_after_5()
     dst = FakePartitionLog()
     sink = FakeSink(dst)
     sink.markers = False  # the fallback: where the destination cannot take a marker alone
@@ -321,13 +327,7 @@ def test_crash_inside_a_marker_only_transaction_leaves_the_marker_where_planned(
     lands inside the marker-only transaction for offset 6 (it holds the partition,
     nothing appended). The restart's fence aborts it: its marker takes offset 6 exactly,
     and the copy goes on identical."""
-    src = FakePartitionLog()
-    for i in range(5):
-        src.append(b"k", b"%d" % i)
-    t = src.begin()
-    src.append(b"txn", b"r", txn=t)  # 5
-    src.commit(t)  # 6: gap of 1 after offset 5
-    src.append(b"k", b"7")
+    src = _commit_gap_after_5()
     dst = FakePartitionLog()
     sink = FakeSink(dst)
     sink.crash_in_marker = True
