@@ -88,6 +88,16 @@ def _parse_positive_float(v: str) -> float:
     return x
 
 
+COMPRESSION_TYPES = ("none", "gzip", "snappy", "lz4", "zstd")
+
+
+def _parse_compression(v: str) -> str:
+    s = v.strip().lower()
+    if s not in COMPRESSION_TYPES:
+        raise ValueError(f"expected one of {', '.join(COMPRESSION_TYPES)}")
+    return s
+
+
 def _split_regexes(v: str) -> list[str]:
     """Split a comma-separated list of regexes, but not at a comma inside {m,n} or [...]:
     'a{2,5},b' is two patterns, not three (and 'a{2,1}' is one bad one, not two good ones)."""
@@ -136,6 +146,9 @@ LINK_OPTIONS: dict[str, LinkOption] = {
     "mirror.topic.prefix": LinkOption("str", "", "prefix of mirror topic names on the destination", str),
     "replication.factor": LinkOption("int", "-1", "replication factor of mirror topics (-1 = destination default)",
                                      _parse_replication_factor),
+    "mirror.compression.type": LinkOption(
+        "str", "lz4", "compression of the batches the worker writes to mirror topics (none, gzip, snappy, lz4, "
+        "zstd); the records and offsets are the same whatever it is", _parse_compression),
     "request.timeout.s": LinkOption("float", "15", "timeout of each admin request, in seconds", _parse_positive_float),
     "consumer.offset.sync.enable": LinkOption("bool", "true", "copy committed consumer-group offsets", _parse_bool),
     "consumer.offset.sync.ms": LinkOption("int", "5000", "interval of the consumer offset copy", _parse_int(1)),

@@ -754,7 +754,8 @@ class SinkProducers:
     IDLE_CLOSE_S = 60.0
 
     def __init__(self, conf: Mapping[str, object], link: str, label: str,
-                 delivery_timeout_ms: int = 30000, queue_kbytes: int = 32 * 1024):
+                 delivery_timeout_ms: int = 30000, queue_kbytes: int = 32 * 1024,
+                 compression: str = "lz4"):
         self.conf = dict(conf)
         self.link = link
         self.label = label
@@ -783,7 +784,7 @@ class SinkProducers:
             # max.message.bytes, which the run's last report then shows); a batch still
             # holds at most batch.size bytes, or one larger record
             "message.max.bytes": 1_000_000_000,
-            "compression.type": "none",
+            "compression.type": compression,
             "delivery.timeout.ms": delivery_timeout_ms,
             # a write must never create a mirror topic (a deleted one fails its mirror)
             "allow.auto.create.topics": False,

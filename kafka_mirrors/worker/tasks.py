@@ -218,7 +218,8 @@ class CopyPlane:
 
     def _open_clients(self) -> None:
         self.feeds = SourceFeeds(self.src_conf, f"[{self.name}]", self._on_source_error)
-        self.producers = SinkProducers(self.dst_conf, self.name, f"[{self.name}]", self.delivery_timeout_ms)
+        self.producers = SinkProducers(self.dst_conf, self.name, f"[{self.name}]", self.delivery_timeout_ms,
+                                       compression=self.link.option("mirror.compression.type"))
         # a produce waiting for room in a full queue gives up once it may not write
         self.producers.may_write = lambda topic, p: (st.slot_of(topic, p) in self.ownership.owned
                                                       and self.ownership.lease_ok(time.monotonic()))

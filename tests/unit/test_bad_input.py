@@ -347,6 +347,7 @@ bad_options = st.one_of(
                                                          "topic.config.sync.ms", "request.timeout.s",
                                                          "consumer.offset.sync.enable"]),
               st.sampled_from(["", "x", "-5", "0", "nan", "1e999", "maybe", "0x10"])),
+    st.builds(lambda v: f"mirror.compression.type={v}", st.sampled_from(["", "lz5", "brotli", "producer", "1"])),
     st.builds(lambda v: f"consumer.offset.groups.include={v}", st.sampled_from(["(", "[a", "*", "a{2,1}"])),
     st.text(string.ascii_lowercase + ". \n", min_size=1, max_size=10).filter(lambda p: "=" not in p),
 )

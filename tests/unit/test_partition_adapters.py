@@ -719,3 +719,17 @@ def test_fence_slots_keeps_a_slot_only_with_both_of_its_producers(monkeypatch):
     assert s.fence_slots({4, 5}) == {4}
     assert set(s.transactional) == {4} and s.markers[4].tid == "kafka-mirrors/l/slot-4/markers"
     assert closed == ["kafka-mirrors/l/slot-5"]  # slot 5's filler producer is not kept alone
+
+
+@pytest.mark.parametrize("kwargs, expected", [({}, "lz4"), ({"compression": "zstd"}, "zstd"),
+                                              ({"compression": "none"}, "none")])
+def test_the_fast_path_producer_compresses_as_the_link_says(monkeypatch, kwargs, expected):
+    """The link option mirror.compression.type (default lz4) is the fast-path producer's
+    compression.type, whatever the destination's client settings hold: written
+    uncompressed, a mirror of a compressed source took 249 times its disk (issue 10)."""
+    import kafka_mirrors.kafka.partition as part
+    made = []
+    monkeypatch.setattr(part, "Producer", lambda conf: made.append(conf) or object())
+    part.SinkProducers({"bootstrap.servers": "127.0.0.1:1", "compression.type": "gzip"}, "l", "[l]", **kwargs)
+    (conf,) = made
+    assert conf["compression.type"] == expected
