@@ -898,6 +898,55 @@ class StateFollower:
         self._consumer.close()
 
 
+class StateTopicEnds:
+    """A thread that asks the end (high watermark) of the state topic every `interval`
+    seconds with a consumer of its own (QueryWatermarkOffsets), and puts (monotonic time
+    it asked, end offset) in `answers`. Its own thread: a destination that is down costs
+    this thread its timeout, never the control loop. (The AdminClient's ListOffsets was
+    tried first: after a destination broker restart it answered FENCED_LEADER_EPOCH for
+    minutes, from a leader epoch it kept.)"""
+
+    def __init__(self, store: StateStore, interval: float):
+        import queue
+        import threading
+        self.interval = interval
+        self.timeout = store.timeout
+        self.answers: queue.SimpleQueue[tuple[float, int]] = queue.SimpleQueue()
+        self.error: str | None = None
+        self._consumer = store._consumer()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"state-ends-{store.link}", daemon=True)
+
+    def start(self) -> "StateTopicEnds":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        from confluent_kafka import TopicPartition
+        tp = TopicPartition(STATE_TOPIC, 0)
+        while not self._stop.is_set():
+            asked = time.monotonic()
+            try:
+                _low, high = self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
+            except Exception as exc:  # noqa: BLE001 - asked again; the copy waits meanwhile
+                self.error = str(exc)
+                log.debug("the end of %s not known: %s", STATE_TOPIC, exc)
+            else:
+                if high is not None and high >= 0:  # -1001: no answer, not an offset
+                    self.error = None
+                    self.answers.put((asked, high))
+                took = time.monotonic() - asked
+                if took > 1.0:
+                    log.debug("the end of %s took %.1f s to answer", STATE_TOPIC, took)
+            self._stop.wait(max(0.0, asked + self.interval - time.monotonic()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(min(self.timeout + 1.0, 5.0))
+        if not self._thread.is_alive():  # else still in a call: left to the process exit
+            self._consumer.close()
+
+
 # ---------------------------------------------------------------- registry-facing helpers
 
 def store_for(link, timeout: float = 15.0) -> StateStore:

@@ -19,6 +19,7 @@ import collections
 import concurrent.futures
 import contextlib
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -751,6 +752,14 @@ class SinkProducers:
     def may_write(topic: str, partition: int) -> bool:
         """Whether this worker may write the partition now; the copy plane sets its own."""
         return True
+
+    @staticmethod
+    def write_deadline() -> float:
+        """Monotonic time after which this worker may write nothing until it is told again
+        (its group lease, its view of the state store fresh); the copy plane sets its own.
+        Checked before every record queued: a worker stopped (SIGSTOP) in the middle of a
+        run does not queue the rest of it when it resumes, after a failover it did not see."""
+        return math.inf
     IDLE_CLOSE_S = 60.0
 
     def __init__(self, conf: Mapping[str, object], link: str, label: str,
@@ -840,10 +849,13 @@ class SinkProducers:
         # timestamp, headers): Producer.produce parses keywords at twice the cost
         produce = self.producer.produce
         done = nbytes = 0
+        mono, until = time.monotonic, self.write_deadline()
         try:
             if messages is not None:
                 # straight from the consumer's messages: no Record per copied record
                 for m in messages:
+                    if mono() >= until:
+                        until = self.still_writing(topic, partition)
                     value, k, ts, headers = m.value(), m.key(), m.timestamp()[1], m.headers()
                     done += 1
                     if value:
@@ -857,6 +869,8 @@ class SinkProducers:
                         self._produce_when_room(topic, value, k, partition, ts, headers, report)
             else:
                 for r in records:
+                    if mono() >= until:
+                        until = self.still_writing(topic, partition)
                     headers = list(r.headers) if r.headers else None
                     done += 1
                     nbytes += len(r.value or b"") + len(r.key or b"")
@@ -876,6 +890,15 @@ class SinkProducers:
         entry[2] = nbytes
         self.producer.poll(0)
         return nbytes
+
+    def still_writing(self, topic: str, partition: int) -> float:
+        """The write deadline passed in the middle of a run: asked again (it may have been
+        renewed); raises if this worker may not write now."""
+        until = self.write_deadline()
+        if time.monotonic() >= until:
+            raise KafkaOperationError(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
+                                      f"group lease ended or its view of the state store is not fresh)")
+        return until
 
     def _produce_when_room(self, topic, value, key, partition, timestamp, headers, cb) -> None:
         while True:
@@ -1225,6 +1248,7 @@ class KafkaPartitionSink:
             e = expected.popleft()
             results.append(Confirmation(e, None, err.str()) if err else Confirmation(e, msg.offset()))
 
+        self.producers.still_writing(self.topic, self.partition)
         p.begin_transaction()
         for r in records:
             p.produce(self.topic, r.value, r.key, partition=self.partition, timestamp=r.timestamp,
@@ -1273,6 +1297,7 @@ class KafkaPartitionSink:
                                 f"marker-only transaction for offset {offset} (another writer?)")
         p = self.producers.marker_producer(self.topic, self.partition)
         reports: list = []
+        self.producers.still_writing(self.topic, self.partition)
         p.begin_transaction()
         p.produce(self.topic, None, None, partition=self.partition, timestamp=END_OF_TIME_MS,
                   headers=[(FILLER_HEADER, b"marker")], on_delivery=lambda err, msg: reports.append((err, msg)))

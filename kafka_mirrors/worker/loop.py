@@ -52,6 +52,16 @@ RETRY_WRITE_S = 2.0  # a failed write of acknowledgements or FAILED is tried aga
 # Source calls made by the worker wait at most this long: a failover waits a few seconds
 # for acknowledgements, and the source may be the cluster that is gone.
 SOURCE_CALL_S = 2.0
+# The copy plane writes only while its view of the state store is fresh: every record of
+# the state topic written before some moment less than STATE_FRESH_S ago has been applied
+# (a stop it holds reached the copy plane before any later write). The end of the state
+# topic is asked every STATE_END_ASK_S, without waiting on the answer. STATE_FRESH_S is
+# below failover's wait for acknowledgements (dr.FAILOVER_ACK_WAIT_S): a worker that was
+# stopped (SIGSTOP, a stalled VM) through a failover it could not acknowledge writes
+# nothing after it resumes, since the failover's record is older than any view it may
+# write on by the time the failover reads its failover point.
+STATE_FRESH_S = 3.0
+STATE_END_ASK_S = 0.5
 
 
 class Worker:
@@ -82,7 +92,12 @@ class Worker:
         self.plane = CopyPlane(link, self.src_conf, self.dst_conf, self.src_admin, self.dst_admin,
                                self.source_timeout, timeout, self.worker_id, delivery_timeout_ms,
                                ownership=self.membership)
+        self.plane.state_fresh_s = STATE_FRESH_S
         self.membership.plane = self.plane
+        # the state topic's end, asked by a thread of its own (started in _run), and its
+        # answers (asked at, end offset) the follower has not caught up with yet
+        self.state_ends: st.StateTopicEnds | None = None
+        self._state_ends: list[tuple[float, int]] = []
         self.auto_create = AutoCreator(link, self._create_mirror) \
             if link.option("auto.create.mirror.topics.enable") else None
         self.jobs = Jobs(self)
@@ -121,6 +136,7 @@ class Worker:
         ensure_slots_topic(self.dst_admin)
         snap = self.store.snapshot()
         follower = self.store.follow(snap.end_offset, snap.mirror_offsets)
+        self.state_ends = st.StateTopicEnds(self.store, STATE_END_ASK_S).start()
         self.seen_offset = snap.end_offset  # every state record below it has been applied
         _quiet_gc()
         self.membership.start()
@@ -135,6 +151,7 @@ class Worker:
         try:
             while not stop.is_set():
                 self._follow_state(follower, FOLLOW_WAIT_S)
+                self._state_freshness()
                 self._events()
                 self._record_failures()
                 self._watch_source()
@@ -165,6 +182,7 @@ class Worker:
             self._write_progress()
             self._heartbeat(final=True)
             follower.close()
+            self.state_ends.close()
             self.store.close()
             log.info("[%s] worker %s stopped", self.link.name, self.worker_id)
         return code
@@ -186,6 +204,27 @@ class Worker:
                 self._heartbeat()
             else:
                 log.info("[%s] reads the state store again", self.link.name)
+
+    def _state_freshness(self) -> None:
+        """Tell the copy plane how fresh its view of the state store is (STATE_FRESH_S):
+        once every record below an end offset of the state topic is applied, the copy
+        plane gets a "fresh" command stamped with the time that end was asked, after the
+        commands those records gave (its inbox is in order)."""
+        while True:
+            try:
+                self._state_ends.append(self.state_ends.answers.get_nowait())
+            except queue.Empty:
+                break
+        del self._state_ends[:-64]  # a follower that cannot read keeps only the latest
+        if self._state_ends and self.seen_offset is not None:
+            caught_up = [at for at, end in self._state_ends if end <= self.seen_offset]
+            if caught_up:
+                at = max(caught_up)
+                if time.monotonic() - at > STATE_FRESH_S / 2:
+                    log.debug("[%s] the state store view sent as fresh is %.1f s old", self.link.name,
+                              time.monotonic() - at)
+                self.plane.inbox.put(Command("fresh", at=at))
+                self._state_ends = [(at, end) for at, end in self._state_ends if end > self.seen_offset]
 
     # ------------------------------------------------------------ mirrors
 

@@ -23,7 +23,9 @@ Only an unreachable source pauses every task, as a whole, until it answers again
 """
 from __future__ import annotations
 
+import collections
 import logging
+import math
 import queue
 import random
 import threading
@@ -87,6 +89,8 @@ class SourceTopicChanged(KafkaMirrorsError):
 class Command:
     """From the control plane. kind: start (record), update (record), stop (topic, why,
     ack), fail (topic, partition, error), partitions (topic, count: new source partitions),
+    fresh (at: the control plane had applied every state record written before this
+    monotonic time when it sent this; every command before it has been applied here),
     shutdown."""
     kind: str
     topic: str = ""
@@ -97,6 +101,7 @@ class Command:
     error: str = ""
     offset: int | None = None
     count: int = 0
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ class AllSlots:
 
 
 class CopyPlane:
+    state_fresh_s: float | None = None  # no bound unless the worker sets one (see __init__)
+    state_fresh_at = -math.inf
+    _waiting_cmds: tuple = ()  # commands taken from the inbox by _take_fresh, applied first by _commands
     def __init__(self, link, src_conf: dict, dst_conf: dict, src_admin: Admin, dst_admin: Admin,
                  source_timeout: float, timeout: float, worker_id: str,
                  delivery_timeout_ms: int = 30000, ownership=None):
@@ -168,6 +176,12 @@ class CopyPlane:
         # which slots this worker copies (owned) and whether it may write now (lease_ok):
         # worker/membership.py, or AllSlots
         self.ownership = ownership or AllSlots()
+        # with a bound (the worker sets STATE_FRESH_S), nothing is written unless a "fresh"
+        # command came less than it ago: a worker that resumes after a stop (SIGSTOP, a
+        # stalled host) writes nothing before it has applied what the state store says now,
+        # a failover it did not see included (worker/loop.py)
+        self.state_fresh_s: float | None = None
+        self.state_fresh_at = -math.inf
         self._owned: frozenset[int] = frozenset()  # the slots the tasks were last brought to
         self._held: frozenset[int] = frozenset()   # _owned and slots with writes still settling
         # slot -> until when: a write of it had an unknown outcome (it may still land). Such a
@@ -222,7 +236,8 @@ class CopyPlane:
                                        compression=self.link.option("mirror.compression.type"))
         # a produce waiting for room in a full queue gives up once it may not write
         self.producers.may_write = lambda topic, p: (st.slot_of(topic, p) in self.ownership.owned
-                                                      and self.ownership.lease_ok(time.monotonic()))
+                                                      and self.may_write_now(time.monotonic()))
+        self.producers.write_deadline = self.write_deadline
 
     def _on_source_error(self, err) -> None:
         if err.code() in SOURCE_DOWN_CODES:
@@ -263,7 +278,7 @@ class CopyPlane:
             self._apply_ownership()
             copying = self.source_ok.is_set() and shutdown_at is None
             progressed = False
-            if copying and self.ownership.lease_ok(now):
+            if copying and self.may_write_now(now):
                 self._restart_due(now)
                 self._starts(now)
                 progressed = self._steps(now)
@@ -290,6 +305,46 @@ class CopyPlane:
 
     # ------------------------------------------------------------ slots
 
+    def state_fresh(self, now: float) -> bool:
+        if self.state_fresh_s is None or now < self.state_fresh_at + self.state_fresh_s:
+            return True
+        self._take_fresh()
+        return now < self.state_fresh_at + self.state_fresh_s
+
+    def may_write_now(self, now: float) -> bool:
+        """The group lease holds and the view of the state store is fresh."""
+        return self.ownership.lease_ok(now) and self.state_fresh(now)
+
+    def write_deadline(self) -> float:
+        """Monotonic time until which writes may be queued (SinkProducers.write_deadline).
+        Past it, "fresh" commands that came while this thread was busy in one step (a
+        source call on a slow link can take seconds) are taken first, if no other command
+        came before them: they vouch for no state change left to apply."""
+        until = self._deadline()
+        if self.state_fresh_s is not None and time.monotonic() >= until:
+            self._take_fresh()
+            until = self._deadline()
+        return until
+
+    def _deadline(self) -> float:
+        until = getattr(self.ownership, "lease_until", math.inf)
+        if self.state_fresh_s is not None:
+            until = min(until, self.state_fresh_at + self.state_fresh_s)
+        return until
+
+    def _take_fresh(self) -> None:
+        if self._waiting_cmds:
+            return  # a command waits: so does every fresh one after it
+        while True:
+            try:
+                cmd = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if cmd.kind != "fresh":
+                self._waiting_cmds = collections.deque([cmd])  # it and all after it wait for _commands
+                return
+            self.state_fresh_at = max(self.state_fresh_at, cmd.at)
+
     def held_slots(self) -> frozenset[int]:
         """The slots this worker copies or still has writes of in flight (membership hands
         a slot over once it left this set)."""
@@ -306,7 +361,7 @@ class CopyPlane:
     def _writable(self, task: _Task) -> bool:
         """Checked before every step and start: the lease may end, or the slot go, in the
         middle of a turn."""
-        return task.slot in self.ownership.owned and self.ownership.lease_ok(time.monotonic())
+        return task.slot in self.ownership.owned and self.may_write_now(time.monotonic())
 
     def _apply_ownership(self) -> None:
         owned = self.ownership.owned
@@ -412,12 +467,22 @@ class CopyPlane:
         """Apply every waiting command; True on shutdown."""
         shutdown = False
         while True:
-            try:
-                cmd = self.inbox.get_nowait()
-            except queue.Empty:
-                return shutdown
+            if self._waiting_cmds:
+                cmd = self._waiting_cmds.popleft()
+            else:
+                try:
+                    cmd = self.inbox.get_nowait()
+                except queue.Empty:
+                    return shutdown
             if cmd.kind == "shutdown":
                 shutdown = True
+                continue
+            if cmd.kind == "fresh":
+                now = time.monotonic()
+                if now >= self.state_fresh_at + (self.state_fresh_s or math.inf):
+                    log.debug("[%s] the view of the state store is fresh again (it had been %.1f s old)",
+                              self.name, now - self.state_fresh_at)
+                self.state_fresh_at = max(self.state_fresh_at, cmd.at)
                 continue
             m = self.mirrors.get(cmd.topic)
             if cmd.kind == "start":
@@ -474,7 +539,7 @@ class CopyPlane:
                 while m.to_start:
                     p = m.to_start[0]
                     if not (st.slot_of(topic, p) in self.ownership.owned
-                            and self.ownership.lease_ok(time.monotonic())):
+                            and self.may_write_now(time.monotonic())):
                         self._forget_read_ahead()  # read while the slots were ours: read again
                         return  # the lease ended or slots went: the next turn sees it
                     if p >= m.partitions and not self._producer_knows(m, p):
@@ -689,7 +754,7 @@ class CopyPlane:
                     busy.discard((topic, p))
                 if copier.progress.next_offset != before:
                     progressed = True
-                if not self.inbox.empty():
+                if self._waiting_cmds or not self.inbox.empty():
                     return True  # commands first: a stop waits for no other partition
         return progressed
 

@@ -647,6 +647,9 @@ def marker_sink(log, producer):
         def drop_slot(self, k, flush=True):
             self.dropped.append(k)
 
+        def still_writing(self, topic, partition):
+            return float("inf")
+
     class Offsets:
         def log_end_offset(self, topic, partition):
             return log[0]
@@ -733,3 +736,43 @@ def test_the_fast_path_producer_compresses_as_the_link_says(monkeypatch, kwargs,
     part.SinkProducers({"bootstrap.servers": "127.0.0.1:1", "compression.type": "gzip"}, "l", "[l]", **kwargs)
     (conf,) = made
     assert conf["compression.type"] == expected
+
+
+@pytest.mark.parametrize("from_messages", [True, False])
+def test_a_run_stops_queueing_at_the_write_deadline(monkeypatch, from_messages):
+    """A worker stopped (SIGSTOP) in the middle of a run resumes past its write deadline
+    (group lease, fresh view of the state store): the rest of the run is not queued, the
+    produce raises, and the partition stays in flight until the queue emptied."""
+    import kafka_mirrors.kafka.partition as part
+    from kafka_mirrors.errors import KafkaOperationError
+
+    class Counting(FakeProducer):
+        def __len__(self):
+            return len(self.produced)
+
+    clock = [100.0]
+    monkeypatch.setattr(part.time, "monotonic", lambda: clock[0])
+    fake = Counting()
+    sink = producers(fake)
+    sink.write_deadline = lambda: 101.0
+    real = fake.produce
+
+    def produce(*args):
+        real(*args)
+        if len(fake.produced) == 2:
+            clock[0] = 105.0  # stopped here, resumed after the deadline
+    fake.produce = produce
+    if from_messages:
+        run = MessageRecords([Msg("src", 0, i, key=None, value=b"v", ts=1, headers=None) for i in range(5)])
+    else:
+        run = [Record(i, None, b"v", 1, ()) for i in range(5)]
+    with pytest.raises(KafkaOperationError, match="no longer writing mirror-0"):
+        sink.produce("mirror", 0, run)
+    assert len(fake.produced) == 2
+    assert sink.in_flight("mirror", 0) == 1
+    # a renewed deadline is asked again before giving up
+    clock[0] = 200.0
+    sink.write_deadline = lambda: 300.0
+    fake.produce = real
+    sink.produce("mirror", 0, [Record(9, None, b"v", 1, ())])
+    assert len(fake.produced) == 3

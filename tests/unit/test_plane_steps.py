@@ -133,3 +133,64 @@ def test_read_ahead_reads_the_destination_only_of_partitions_whose_slot_was_fenc
     assert calls[0] == ("fence", frozenset(slots))
     assert calls[1] == ("destination", [q for q in range(6) if q != unfenced])  # after the fence
     assert calls[2] == ("source", list(range(6)))
+
+
+def test_nothing_is_stepped_unless_the_view_of_the_state_store_is_fresh(monkeypatch):
+    """With a bound (the worker's STATE_FRESH_S), a task is stepped only while the last
+    "fresh" command (every state record before its time applied) is younger than it: a
+    worker resumed after a SIGSTOP through a failover writes nothing before it saw it."""
+    p, feed, m = plane(2)
+    p.state_fresh_s = 3.0
+    clock = [100.0]
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: clock[0])
+    feed.ready.update({("src", 0), ("src", 1)})
+    p._steps(100.0)
+    assert steps(m) == [0, 0] and not p.may_write_now(100.0)  # never told: nothing written
+    p.inbox.put(tasks.Command("fresh", at=99.5))
+    p.inbox.put(tasks.Command("fresh", at=98.0))  # an older one does not take it back
+    assert p._commands() is False
+    assert p.may_write_now(100.0) and p.write_deadline() == 102.5
+    p._steps(100.0 + tasks.FULL_SCAN_S)
+    assert steps(m) == [1, 1]
+    clock[0] = 102.5  # stale: not stepped
+    p._steps(102.5 + 2 * tasks.FULL_SCAN_S)
+    assert steps(m) == [1, 1] and not p.may_write_now(102.5)
+
+
+def test_the_write_deadline_is_the_sooner_of_the_lease_and_the_fresh_view():
+    p, _feed, _m = plane(1)
+
+    class Lease:
+        owned = frozenset(range(st.SLOTS))
+        lease_until = 50.0
+
+        def lease_ok(self, now):
+            return now < self.lease_until
+    p.ownership = Lease()
+    assert p.write_deadline() == 50.0  # no bound on the view: the lease alone
+    p.state_fresh_s, p.state_fresh_at = 3.0, 40.0
+    assert p.write_deadline() == 43.0
+    p.state_fresh_at = 49.0
+    assert p.write_deadline() == 50.0
+    assert p.may_write_now(49.9) and not p.may_write_now(50.0)
+
+
+def test_fresh_commands_that_came_during_a_long_step_are_taken_unless_another_command_is_first(monkeypatch):
+    """A step blocked for seconds (a source call on a slow link) finds its view stale: the
+    fresh commands that came meanwhile are taken at once if nothing else came before them;
+    after any other command they wait with it for the next turn, which applies it first."""
+    p, _feed, m = plane(1)
+    p.state_fresh_s, p.state_fresh_at = 3.0, 100.0
+    clock = [104.0]
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: clock[0])
+    p.inbox.put(tasks.Command("fresh", at=101.5))
+    p.inbox.put(tasks.Command("fresh", at=103.5))
+    assert p.write_deadline() == 106.5 and p.inbox.empty()
+    clock[0] = 107.0
+    p.inbox.put(tasks.Command("stop", "m", why="state is now PENDING_STOPPED", ack=True))
+    p.inbox.put(tasks.Command("fresh", at=106.5))
+    assert p.write_deadline() == 106.5 and not p.may_write_now(107.0)  # the stop comes first
+    assert p.write_deadline() == 106.5  # asked again: still waiting behind the stop
+    p._begin_stop = lambda mirror, why, ack: setattr(mirror, "stopping", True)
+    assert p._commands() is False
+    assert m.stopping and p.state_fresh_at == 106.5 and p.may_write_now(107.0)

@@ -714,3 +714,43 @@ def test_a_topics_partitions_spread_over_the_slots_either_shape_of_assignment_gi
                 loads = [sum(1 for p in range(size) if slot_of(topic, p) in set(b)) for b in owned]
                 # never more than one partition over an even share
                 assert max(loads) <= -(-size // len(owned)) + 1, (topic, shape, size, loads)
+
+
+def test_state_topic_ends_asks_on_its_own_thread_and_skips_non_answers(monkeypatch):
+    """StateTopicEnds puts (asked at, high watermark) of each answer; an error or
+    librdkafka's -1001 is no answer."""
+    from kafka_mirrors.state import STATE_TOPIC, StateTopicEnds
+
+    answers = iter([RuntimeError("destination down"), (0, -1001), (0, 42)])
+
+    class Consumer:
+        closed = False
+
+        def get_watermark_offsets(self, tp, timeout, cached):
+            assert (tp.topic, tp.partition, cached) == (STATE_TOPIC, 0, False)
+            a = next(answers, None)
+            if a is None:
+                ends._stop.set()
+                return 0, 42
+            if isinstance(a, Exception):
+                raise a
+            return a
+
+        def close(self):
+            self.closed = True
+
+    class Store:
+        link, timeout = "dr", 1.0
+
+        def _consumer(self):
+            return Consumer()
+
+    ends = StateTopicEnds(Store(), interval=0.0).start()
+    ends._thread.join(5)
+    assert not ends._thread.is_alive()
+    got = []
+    while not ends.answers.empty():
+        got.append(ends.answers.get_nowait())
+    assert [end for _at, end in got] == [42, 42] and ends.error is None
+    ends.close()
+    assert ends._consumer.closed

@@ -214,3 +214,42 @@ def test_the_jobs_thread_reads_and_writes_state_through_a_store_of_its_own():
     jobs = Jobs(worker)
     assert isinstance(jobs.store, st.StateStore) and jobs.store is not worker.store
     assert (jobs.store.link, jobs.store.timeout) == ("dr", 3.0)
+
+
+def test_the_copy_plane_is_told_fresh_once_the_state_topic_end_it_was_asked_is_applied():
+    """The control loop sends the copy plane a "fresh" command stamped with when an end
+    of the state topic was asked (by StateTopicEnds' thread), only once every record
+    below that end is applied (after the commands they gave: the inbox is in order)."""
+    from kafka_mirrors.worker.tasks import Command
+
+    class Ends:
+        answers: queue.SimpleQueue = queue.SimpleQueue()
+
+    w = worker(FakeStore({}), {})  # the follower has applied every record below 17
+    w.state_ends, w._state_ends = Ends(), []
+    w._state_freshness()
+    assert w.plane.inbox.empty()
+    Ends.answers.put((10.0, 20))  # asked at 10.0: the end was 20
+    w._state_freshness()
+    assert w.plane.inbox.empty()
+    Ends.answers.put((10.5, 22))
+    w.seen_offset = 21
+    w._state_freshness()
+    assert w.plane.inbox.get_nowait() == Command("fresh", at=10.0) and w.plane.inbox.empty()
+    w.seen_offset = 22
+    w._state_freshness()
+    assert w.plane.inbox.get_nowait() == Command("fresh", at=10.5)
+    w._state_freshness()
+    assert w.plane.inbox.empty() and w._state_ends == []
+    for k in range(100):  # a follower that cannot read: only the latest answers are kept
+        Ends.answers.put((11.0 + k, 100 + k))
+    w._state_freshness()
+    assert len(w._state_ends) == 64 and w._state_ends[-1] == (110.0, 199)
+
+
+def test_a_fresh_view_is_younger_than_failovers_wait_for_acknowledgements():
+    """A worker stopped through a failover it could not acknowledge resumes with a view
+    older than the failover's record by the time the failover reads its failover point."""
+    from kafka_mirrors import dr
+    assert loop.STATE_FRESH_S < dr.FAILOVER_ACK_WAIT_S
+    assert loop.STATE_END_ASK_S < loop.STATE_FRESH_S / 3
