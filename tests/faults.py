@@ -289,7 +289,9 @@ def compare_topic(source, destination, topic: str, kind: str, acked=(), upto: di
         D = mt.snapshot(destination, topic, p)
         if upto is not None:
             S = [r for r in S if r.offset < upto[p]]
-            assert all(r.offset < upto[p] for r in D), f"{topic}-{p}: records past the failover point {upto[p]}"
+            past = [r for r in D if r.offset >= upto[p]]
+            assert not past, (f"{topic}-{p}: {len(past)} record(s) past the failover point {upto[p]}, at offsets "
+                              f"{past[0].offset}..{past[-1].offset}, {sum(map(_is_filler, past))} of them fillers")
         out["records"] += len(S)
         if S:  # offsets the source shows nothing at: markers, aborted or compacted records
             out["gaps"] = out.get("gaps", 0) + (S[-1].offset + 1 - S[0].offset - len(S))

@@ -4,6 +4,7 @@ processes, so a test can SIGKILL them). The `mirroring` fixture (conftest.py) st
 worker at teardown, even when the test fails."""
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -71,7 +72,9 @@ class Mirroring:
         log = open(self.tmp_path / f"worker-{len(self.procs)}.log", "wb")
         p = subprocess.Popen(
             [sys.executable, "-m", "kafka_mirrors", "--registry", str(self.registry_path),
-             "run", "--link", self.name, *(["--instance-id", instance_id] if instance_id else [])],
+             "run", "--link", self.name, *(["--instance-id", instance_id] if instance_id else []),
+             # KAFKA_MIRRORS_TEST_WORKER_LOG_LEVEL=debug: the workers' logs in full, to look into a failure
+             "--log-level", os.environ.get("KAFKA_MIRRORS_TEST_WORKER_LOG_LEVEL", "info")],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         )
         self.procs.append(p)
