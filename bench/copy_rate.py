@@ -229,7 +229,7 @@ class Offsets:
 
 
 def wait_for_copy(dst: Offsets, target: dict[int, int], timeout: float, probe: ProcessProbe | None,
-                  alive=lambda: None) -> tuple[float, float, int]:
+                  alive=lambda: None, poll: float = 0.1) -> tuple[float, float, int]:
     """Poll the destination until its log end offsets reach `target`. Returns (time the
     first copied record was seen, time all were there, records already there at first
     sight). Raises TimeoutError naming how far it got; `alive()` may raise if the copier died."""
@@ -260,14 +260,15 @@ def wait_for_copy(dst: Offsets, target: dict[int, int], timeout: float, probe: P
         alive()
         if now - start > timeout:
             raise TimeoutError(f"copied {copied} of {total} records in {timeout:.0f}s")
-        time.sleep(0.1)
+        time.sleep(poll)
 
 
-def copy_window(records: int, first: float, done: float, first_count: int, started: float) -> tuple[int, float]:
+def copy_window(records: int, first: float, done: float, first_count: int, started: float,
+                min_window: float = 0.5) -> tuple[int, float]:
     """(records, seconds) the copy rate is computed from: from the first copied record seen
-    to the last, unless most records were already there at first sight (a copier faster
-    than the 100 ms poll), then from the copier's start."""
-    if first_count * 2 > records or done - first < 0.5:
+    to the last, unless most records were already there at first sight or the rest took
+    less than `min_window` s (a copier too fast for the poll), then from the copier's start."""
+    if first_count * 2 > records or done - first < min_window:
         return records, done - started
     return records - first_count, done - first
 
