@@ -160,6 +160,7 @@ class CopyPlane:
     state_fresh_s: float | None = None  # no bound unless the worker sets one (see __init__)
     state_fresh_at = -math.inf
     _waiting_cmds: tuple = ()  # commands taken from the inbox by _take_fresh, applied first by _commands
+    _step_cursor: tuple[str, int] | None = None  # the (mirror, partition) stepped last
     def __init__(self, link, src_conf: dict, dst_conf: dict, src_admin: Admin, dst_admin: Admin,
                  source_timeout: float, timeout: float, worker_id: str,
                  delivery_timeout_ms: int = 30000, ownership=None):
@@ -698,64 +699,85 @@ class CopyPlane:
         else:
             picks = self._candidates()
         busy = self._busy
-        for topic, m in list(self.mirrors.items()):
+        # in order of mirror and partition, from the one after the last stepped: a turn cut
+        # short by a command (every half second at least: the "fresh" ones) starts where the
+        # last one stopped, so partitions late in the order are not starved by busy early ones
+        order = []
+        cursor_topic, cursor_p = self._step_cursor or (None, -1)
+        start = None  # the index of the first entry after the cursor
+        for topic, m in self.mirrors.items():
+            if topic == cursor_topic:
+                start = -1  # the cursor's mirror: its first partition after cursor_p
             if m.stopping or m.restart_at is not None:
                 continue
             if picks is None:
-                items = list(m.tasks.items())
+                ps = sorted(m.tasks)
             else:
-                chosen = picks.get(topic)
-                if not chosen:
-                    continue
-                items = [(p, m.tasks[p]) for p in sorted(chosen) if p in m.tasks]
-            for p, task in items:
-                copier = task.copier
-                if not (copier.busy() or task.source.has_data() or now >= task.next_idle):
-                    busy.discard((topic, p))
-                    continue
-                if not self._writable(task):
-                    return progressed  # the lease ended or slots went: the next turn sees it
-                if now >= task.next_idle:
-                    interval = interval or self._idle_interval()
-                    task.next_idle = now + interval
-                before = copier.progress.next_offset
+                ps = sorted(p for p in picks.get(topic, ()) if p in m.tasks)
+            for p in ps:
+                if start == -1 and (topic != cursor_topic or p > cursor_p):
+                    start = len(order)
+                order.append((topic, m, p, m.tasks[p]))
+            if start == -1 and topic != cursor_topic:
+                start = len(order)
+        if start is not None and start >= 0:
+            order = order[start:] + order[:start]
+        skip: set[str] = set()  # mirrors that failed or backed off in this turn
+        for topic, m, p, task in order:
+            if topic in skip or m.stopping or m.restart_at is not None:
+                continue
+            copier = task.copier
+            if not (copier.busy() or task.source.has_data() or now >= task.next_idle):
+                busy.discard((topic, p))
+                continue
+            if not self._writable(task):
+                return progressed  # the lease ended or slots went: the next turn sees it
+            if now >= task.next_idle:
+                interval = interval or self._idle_interval()
+                task.next_idle = now + interval
+            before = copier.progress.next_offset
+            self._step_cursor = (topic, p)
+            try:
+                copier.step(0.0)
+            except PartitionFailed as exc:
+                if unknown_outcome(exc):
+                    self._hold_unknown(topic, p)
+                    self._back_off(m, f"partition {p}: {exc} (copying it again once that write surely "
+                                      f"landed or not)")
+                    skip.add(topic)
+                continue
+                cause = str(exc)
+                # a source topic deleted and re-created under the copy shows up as
+                # offsets going back: name the cause when it is that
                 try:
-                    copier.step(0.0)
-                except PartitionFailed as exc:
-                    if unknown_outcome(exc):
-                        self._hold_unknown(topic, p)
-                        self._back_off(m, f"partition {p}: {exc} (copying it again once that write surely "
-                                          f"landed or not)")
-                        break
-                    cause = str(exc)
-                    # a source topic deleted and re-created under the copy shows up as
-                    # offsets going back: name the cause when it is that
-                    try:
-                        source_topic(self.src_admin, m.record)
-                    except SourceTopicChanged as changed:
-                        cause = str(changed)
-                    except KafkaMirrorsError:
-                        pass
-                    self._fail(m, p, cause, exc.offset)
-                    break
-                except (KafkaMirrorsError, KafkaException, BufferError) as exc:
-                    if self._destination_topic_gone(m, exc):
-                        self._fail(m, p, f"destination topic '{topic}' was deleted ({exc})", None)
-                    else:
-                        self._back_off(m, f"partition {p}: {exc}")
-                    break
-                except Exception as exc:  # noqa: BLE001 - one mirror's surprise is that mirror's
-                    log.debug("copying %s-%d", topic, p, exc_info=True)
-                    self._back_off(m, f"partition {p}: unexpected {type(exc).__name__}: {exc}")
-                    break
-                if copier.busy():
-                    busy.add((topic, p))
+                    source_topic(self.src_admin, m.record)
+                except SourceTopicChanged as changed:
+                    cause = str(changed)
+                except KafkaMirrorsError:
+                    pass
+                self._fail(m, p, cause, exc.offset)
+                skip.add(topic)
+                continue
+            except (KafkaMirrorsError, KafkaException, BufferError) as exc:
+                if self._destination_topic_gone(m, exc):
+                    self._fail(m, p, f"destination topic '{topic}' was deleted ({exc})", None)
                 else:
-                    busy.discard((topic, p))
-                if copier.progress.next_offset != before:
-                    progressed = True
-                if self._waiting_cmds or not self.inbox.empty():
-                    return True  # commands first: a stop waits for no other partition
+                    self._back_off(m, f"partition {p}: {exc}")
+                skip.add(topic)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one mirror's surprise is that mirror's
+                log.debug("copying %s-%d", topic, p, exc_info=True)
+                self._back_off(m, f"partition {p}: unexpected {type(exc).__name__}: {exc}")
+                skip.add(topic)
+                continue
+            if copier.busy():
+                busy.add((topic, p))
+            else:
+                busy.discard((topic, p))
+            if copier.progress.next_offset != before:
+                progressed = True
+            if self._waiting_cmds or not self.inbox.empty():
+                return True  # commands first: a stop waits for no other partition
         return progressed
 
     # ------------------------------------------------------------ stopping
