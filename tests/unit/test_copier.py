@@ -722,3 +722,48 @@ def test_progress_counts_the_bytes_the_sink_says_it_was_handed_and_those_confirm
     run(c, src, dst)
     # the held record too: run() goes on until the end is known and it is written
     assert c.progress.records_fetched == 5 and c.progress.bytes_fetched == 50
+
+
+def test_a_step_plans_no_more_gaps_once_they_took_the_gap_budget():
+    """Each gap is a transaction on the destination (~15 ms): a fetch of 5,000 records of
+    a transactional topic held ~2,000 of them, and its one step ran 30 s without a look at
+    the copy thread's commands (a failover's stop waited as long). Once the gaps of a step
+    took the budget, the rest of the fetch waits for the next step; the copy is exact."""
+    src = FakePartitionLog()
+    for i in range(40):
+        t = src.begin()
+        src.append(b"k", b"%d" % i, 10 + i, txn=t)
+        src.commit(t)  # a gap of one after each record: a marker
+    src.append(b"plain", b"last", 99)
+    dst = FakePartitionLog()
+    sink = FakeSink(dst)
+    sink.markers = True
+    now = [0.0]
+    marker = sink.marker
+
+    def slow_marker(offset):
+        now[0] += 0.015  # what a marker-only transaction takes
+        return marker(offset)
+    sink.marker = slow_marker
+    c = copier(FakeSource(src), sink, clock=lambda: now[0], gap_budget=0.1)
+    c.start()
+    per_step = []
+    for _ in range(100):
+        before = c.progress.counters.get("marker_transactions", 0)
+        c.step(0.0)
+        per_step.append(c.progress.counters.get("marker_transactions", 0) - before)
+        if dst.log_end_offset == src.log_end_offset:
+            break
+    c.step(0.0)
+    assert_same_view(src, dst)
+    assert sum(per_step) == 40
+    assert 6 <= max(per_step) <= 8 and len([n for n in per_step if n]) >= 5  # 0.1 s / 15 ms: 7 or 8 a step
+    assert c.progress.records_fetched == 41  # records waiting for the next step are not fetched twice
+    # without a budget the same fetch is planned in one step: all 40 transactions in it
+    dst2 = FakePartitionLog()
+    sink2 = FakeSink(dst2)
+    sink2.markers = True
+    c2 = copier(FakeSource(src), sink2, gap_budget=float("inf"))
+    c2.start()
+    c2.step(0.0)
+    assert c2.progress.counters["marker_transactions"] == 40
