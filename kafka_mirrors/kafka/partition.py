@@ -850,12 +850,15 @@ class SinkProducers:
         produce = self.producer.produce
         done = nbytes = 0
         mono, until = time.monotonic, self.write_deadline()
+        cut = False  # the write deadline passed: every record counted in `done` was queued
         try:
             if messages is not None:
                 # straight from the consumer's messages: no Record per copied record
                 for m in messages:
                     if mono() >= until:
+                        cut = True
                         until = self.still_writing(topic, partition)
+                        cut = False
                     value, k, ts, headers = m.value(), m.key(), m.timestamp()[1], m.headers()
                     done += 1
                     if value:
@@ -870,7 +873,9 @@ class SinkProducers:
             else:
                 for r in records:
                     if mono() >= until:
+                        cut = True
                         until = self.still_writing(topic, partition)
+                        cut = False
                     headers = list(r.headers) if r.headers else None
                     done += 1
                     nbytes += len(r.value or b"") + len(r.key or b"")
@@ -880,9 +885,10 @@ class SinkProducers:
                     except BufferError:
                         self._produce_when_room(topic, r.value, r.key, partition, r.timestamp, headers, report)
         except BaseException:
-            # the record `done` was not queued, so the run's report will never come
+            # the record `done` was not queued (or, cut at the deadline, none after it), so
+            # the run's report will never come
             pending.remove(entry)
-            if done > 1:
+            if (done if cut else done - 1) > 0:
                 self._untracked[key] = time.monotonic() + self.delivery_timeout_ms / 1000 + 5
             raise
         # no poll served this run's report yet (its callback rides on the last record,

@@ -161,6 +161,7 @@ class CopyPlane:
     state_fresh_at = -math.inf
     _waiting_cmds: tuple = ()  # commands taken from the inbox by _take_fresh, applied first by _commands
     _step_cursor: tuple[str, int] | None = None  # the (mirror, partition) stepped last
+    _stale_warned = False  # a stale view was logged (once, until it is fresh again)
     def __init__(self, link, src_conf: dict, dst_conf: dict, src_admin: Admin, dst_admin: Admin,
                  source_timeout: float, timeout: float, worker_id: str,
                  delivery_timeout_ms: int = 30000, ownership=None):
@@ -310,7 +311,13 @@ class CopyPlane:
         if self.state_fresh_s is None or now < self.state_fresh_at + self.state_fresh_s:
             return True
         self._take_fresh()
-        return now < self.state_fresh_at + self.state_fresh_s
+        fresh = now < self.state_fresh_at + self.state_fresh_s
+        if not fresh and not self._stale_warned and self.state_fresh_at > -math.inf:
+            self._stale_warned = True
+            log.warning("[%s] not writing: its view of the state store is %.1f s old (the state topic's end "
+                        "not read, or not caught up with); copying goes on once it is fresh", self.name,
+                        now - self.state_fresh_at)
+        return fresh
 
     def may_write_now(self, now: float) -> bool:
         """The group lease holds and the view of the state store is fresh."""
@@ -344,7 +351,13 @@ class CopyPlane:
             if cmd.kind != "fresh":
                 self._waiting_cmds = collections.deque([cmd])  # it and all after it wait for _commands
                 return
-            self.state_fresh_at = max(self.state_fresh_at, cmd.at)
+            self._fresh(cmd.at)
+
+    def _fresh(self, at: float) -> None:
+        if self._stale_warned and time.monotonic() < at + (self.state_fresh_s or math.inf):
+            self._stale_warned = False
+            log.info("[%s] its view of the state store is fresh again: copying goes on", self.name)
+        self.state_fresh_at = max(self.state_fresh_at, at)
 
     def held_slots(self) -> frozenset[int]:
         """The slots this worker copies or still has writes of in flight (membership hands
@@ -479,11 +492,7 @@ class CopyPlane:
                 shutdown = True
                 continue
             if cmd.kind == "fresh":
-                now = time.monotonic()
-                if now >= self.state_fresh_at + (self.state_fresh_s or math.inf):
-                    log.debug("[%s] the view of the state store is fresh again (it had been %.1f s old)",
-                              self.name, now - self.state_fresh_at)
-                self.state_fresh_at = max(self.state_fresh_at, cmd.at)
+                self._fresh(cmd.at)
                 continue
             m = self.mirrors.get(cmd.topic)
             if cmd.kind == "start":
@@ -745,7 +754,7 @@ class CopyPlane:
                     self._back_off(m, f"partition {p}: {exc} (copying it again once that write surely "
                                       f"landed or not)")
                     skip.add(topic)
-                continue
+                    continue
                 cause = str(exc)
                 # a source topic deleted and re-created under the copy shows up as
                 # offsets going back: name the cause when it is that

@@ -776,3 +776,28 @@ def test_a_run_stops_queueing_at_the_write_deadline(monkeypatch, from_messages):
     fake.produce = real
     sink.produce("mirror", 0, [Record(9, None, b"v", 1, ())])
     assert len(fake.produced) == 3
+
+
+def test_a_run_cut_at_the_deadline_after_its_first_record_keeps_that_record_in_flight(monkeypatch):
+    import kafka_mirrors.kafka.partition as part
+    from kafka_mirrors.errors import KafkaOperationError
+
+    class Counting(FakeProducer):
+        def __len__(self):
+            return len(self.produced)
+
+    clock = [100.0]
+    monkeypatch.setattr(part.time, "monotonic", lambda: clock[0])
+    fake = Counting()
+    sink = producers(fake)
+    sink.write_deadline = lambda: 101.0
+    real = fake.produce
+
+    def produce(*args):
+        real(*args)
+        clock[0] = 105.0  # stopped right after the first record
+    fake.produce = produce
+    with pytest.raises(KafkaOperationError):
+        sink.produce("mirror", 0, [Record(i, None, b"v", 1, ()) for i in range(3)])
+    assert len(fake.produced) == 1
+    assert sink.in_flight("mirror", 0) == 1  # queued, no report will come: still in flight

@@ -222,3 +222,30 @@ def test_a_turn_cut_short_by_a_command_goes_on_where_the_last_one_stopped():
     before = steps(m)
     p._steps(200.0)
     assert [q for q in range(3) if steps(m)[q] != before[q]] == [2]
+
+
+def test_a_partition_failure_in_a_step_fails_its_mirror_and_the_turn_goes_on_with_the_others(monkeypatch):
+    """A broken invariant (a write at a wrong offset) fails the mirror, once, and its other
+    partitions are not stepped in that turn; a write of unknown outcome backs it off."""
+    from kafka_mirrors.replication.copier import PartitionFailed
+    p, feed, m = plane(3)
+    failed, backed = [], []
+    p._fail = lambda mirror, q, cause, offset: failed.append((q, offset, cause))
+    p._back_off = lambda mirror, why: backed.append(why)
+    p.src_admin, p.delivery_timeout_ms, p._unclean = None, 30000, {}
+    monkeypatch.setattr(tasks, "source_topic", lambda admin, record: None)  # the source topic did not change
+
+    def broken(timeout):
+        raise PartitionFailed(7, "the write landed at offset 9")
+    m.tasks[0].copier.step = broken
+    feed.ready.update({("src", 0), ("src", 1), ("src", 2)})
+    p._steps(100.0)
+    assert failed == [(0, 7, "offset 7: the write landed at offset 9")] and not backed
+    assert steps(m)[1:] == [0, 0]  # the failed mirror's other partitions wait
+
+    def timed_out(timeout):
+        raise PartitionFailed(8, "delivery failed: Local: Message timed out")
+    m.tasks[0].copier.step = timed_out
+    failed.clear()
+    p._steps(100.0 + tasks.FULL_SCAN_S)
+    assert not failed and len(backed) == 1 and "timed out" in backed[0]
