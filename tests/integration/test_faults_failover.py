@@ -123,7 +123,7 @@ def _ready(m: Mirroring, w, topics) -> None:
 
 
 # the kill and the destination restart run under `heavy` (with the long fault variants): in
-# CI the suite stays under its 25 minutes; the SIGSTOP, source-down and slow-link cases run
+# CI the suite stays near its 25 minutes; the SIGSTOP and slow-link cases run
 @pytest.mark.heavy
 def test_failover_while_the_worker_is_killed(mirroring, cli, source, local_kafka):
     m = mirroring
@@ -209,6 +209,7 @@ def test_failover_while_the_destination_is_down_then_back(own_cluster, own_mirro
     _check(m, topics, flow, rows, points, local_kafka.state_dir, "destination-down", w)
 
 
+@pytest.mark.heavy  # CI has the source-down failover in test_failover_source_down.py (3 variants)
 def test_failover_while_the_source_is_down(own_cluster, own_mirroring, cli, destination, local_kafka):  # noqa: F811
     src = own_cluster("fo-src")
     m = own_mirroring(src, destination)

@@ -6,6 +6,8 @@ record r was r alone in a committed transaction, and a kill inside it left r abo
 under the copy: the mirror FAILED (CI8, CI9)."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from confluent_kafka import KafkaException, Producer
 
@@ -34,7 +36,9 @@ def sink_for(destination, link: str, topic: str, compacted: bool = False):
 
 
 def write(sink: KafkaPartitionSink, offset: int, value: bytes) -> None:
-    sink.produce([Record(offset, b"k", value, 1_700_000_000_000 + offset, (("h", b"1"),))])
+    # a timestamp of now: one from 2023 rolled the segment at the next write and the
+    # broker's retention (7 days, checked every 5 s) then deleted it under the test (CI11)
+    sink.produce([Record(offset, b"k", value, int(time.time() * 1000) + offset, (("h", b"1"),))])
     reports = sink.flush(30)
     assert reports.count == 1 and not reports.mismatches, reports
 
