@@ -912,7 +912,6 @@ class StateTopicEnds:
         self.interval = interval
         self.timeout = store.timeout
         self.answers: queue.SimpleQueue[tuple[float, int]] = queue.SimpleQueue()
-        self.error: str | None = None
         self._consumer = store._consumer()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"state-ends-{store.link}", daemon=True)
@@ -929,11 +928,9 @@ class StateTopicEnds:
             try:
                 _low, high = self._consumer.get_watermark_offsets(tp, timeout=self.timeout, cached=False)
             except Exception as exc:  # noqa: BLE001 - asked again; the copy waits meanwhile
-                self.error = str(exc)
                 log.debug("the end of %s not known: %s", STATE_TOPIC, exc)
             else:
                 if high is not None and high >= 0:  # -1001: no answer, not an offset
-                    self.error = None
                     self.answers.put((asked, high))
                 took = time.monotonic() - asked
                 if took > 1.0:
