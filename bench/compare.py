@@ -288,10 +288,11 @@ class EndOffsets:
         out = {p: 0 for p in range(self.partitions)}
         failed = False
         try:
-            futures = self.admin.list_offsets(req, request_timeout=10)
+            # short: a missing topic (the mirror not created yet) must not hold the poll
+            futures = self.admin.list_offsets(req, request_timeout=2)
             for tp, f in futures.items():
                 try:
-                    out[tp.partition] = f.result(15).offset
+                    out[tp.partition] = f.result(3).offset
                 except KafkaException:
                     failed = True
         except KafkaException:

@@ -238,8 +238,11 @@ def wait_for_copy(dst: Offsets, target: dict[int, int], timeout: float, probe: P
     first_seen = None
     first_count = 0
     while True:
-        now = time.monotonic()
         offsets = dst.get()
+        # the time of the answer, not of the ask: a ListOffsets for a topic not created yet
+        # can block for seconds while the copy runs, and a first sight stamped with the
+        # time it was asked gave a window of 0 s over the whole copy (277M records/s)
+        now = time.monotonic()
         copied = sum(offsets.values())
         if probe:
             probe.sample()
