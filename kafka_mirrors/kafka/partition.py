@@ -20,6 +20,7 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError, KafkaUnavailableError
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
+from kafka_mirrors.kafka.gaps import GapJob, GapWriter
 from kafka_mirrors.state import SLOTS, slot_of
 from kafka_mirrors.replication.interfaces import (
     NO_REPORTS,
@@ -58,6 +60,8 @@ MARKER_WAIT_S = 30.0
 # topic refuses it (INVALID_TIMESTAMP) unless its message.timestamp.after.max.ms is within
 # the present of the end of time too (Long.MAX_VALUE: Kafka's default before 4.0).
 END_OF_TIME_MS = (1 << 63) - 1
+# how long a gap thread waits for a closed write gate to open before its job fails
+GATE_WAIT_S = 0.5
 MARKERS_RECHECK_S = 60.0  # how long a mirror topic's "can take markers" answer is kept
 # how the destination refuses a marker-only transaction's record: anything else is not the plan
 MARKER_REFUSALS = frozenset({
@@ -710,6 +714,17 @@ class _Tally:
         self.mismatches: list[Confirmation] = []
 
 
+class _Outstanding:
+    __slots__ = ("runs", "job")
+
+    def __init__(self, runs, job: GapJob | None):
+        self.runs = runs
+        self.job = job
+
+    def __bool__(self) -> bool:
+        return bool(self.runs) or (self.job is not None and not self.job.done)
+
+
 class SinkProducers:
     """The destination-side producers of one worker.
 
@@ -740,7 +755,7 @@ class SinkProducers:
     2 x SLOTS producers, however many partitions.
 
     Each slot has a second transactional producer, kafka-mirrors/<link>/slot-<k>/markers,
-    for marker-only transactions (KafkaPartitionSink.marker): its one record per
+    for marker-only transactions (kafka/gaps.py): its one record per
     transaction is always refused by the destination, so it never appends, and the
     sequence numbers librdkafka spends on refused records never meet a record the broker
     keeps (on the filler producer they would: the next filler batch would be refused as
@@ -751,6 +766,12 @@ class SinkProducers:
     @staticmethod
     def may_write(topic: str, partition: int) -> bool:
         """Whether this worker may write the partition now; the copy plane sets its own."""
+        return True
+
+    @staticmethod
+    def gate_open(topic: str, partition: int) -> bool:
+        """may_write and the write deadline, read from another thread (the gap threads):
+        it must read only, never take a command; the copy plane sets its own."""
         return True
 
     @staticmethod
@@ -804,6 +825,11 @@ class SinkProducers:
         self.reader = RangeReader(conf)  # the destination reads of copier starts
         self._last_used: dict[int, float] = {}
         self._callbacks: dict[tuple[str, int], object] = {}
+        # gap transactions written off the copy thread (kafka/gaps.py): the writer is
+        # made with the first one; a partition's job until its copier took it
+        self._gap_writer: MarkerWriter | None = None
+        self._gap_jobs: dict[tuple[str, int], GapJob] = {}
+        self._txn_locks: dict[int, threading.Lock] = {}
 
     def _reporter(self, key: tuple[str, int]):
         """The delivery callback of one partition: matches each report, in order, to the
@@ -931,10 +957,13 @@ class SinkProducers:
         return out
 
     def in_flight(self, topic: str, partition: int) -> int:
-        """Runs of this partition handed to the producer and not yet reported on (0: none)."""
+        """Runs of this partition handed to the producer and not yet reported on, and its
+        gap transaction if one is being written (0: none)."""
         key = (topic, partition)
         q = self.pending.get(key)
-        return (len(q) if q else 0) + (key in self._untracked and not self._untracked_done(key))
+        job = self._gap_jobs.get(key)
+        return ((len(q) if q else 0) + (key in self._untracked and not self._untracked_done(key))
+                + (job is not None and not job.done))
 
     def _untracked_done(self, key: tuple[str, int]) -> bool:
         if len(self.producer) == 0 or time.monotonic() >= self._untracked[key]:
@@ -950,6 +979,7 @@ class SinkProducers:
         self.pending.pop(key, None)
         self._tallies.pop(key, None)
         self._callbacks.pop(key, None)
+        self._gap_jobs.pop(key, None)
 
     def poll(self, timeout: float = 0.0) -> None:
         self.producer.poll(timeout)
@@ -994,9 +1024,73 @@ class SinkProducers:
         self.txn_producer(topic, partition)  # the slot's two ids are fenced together
         return self.markers[self.slot(topic, partition)]
 
+    def submit_gap(self, topic: str, partition: int, offset: int, offsets: OffsetReader,
+                   fillers: int = 0, key: bytes | None = None) -> GapJob:
+        """Hand an aborted transaction to the slot's gap thread (kafka/gaps.py): `fillers`
+        records from `offset` on (keyed `key`), or, with none, a marker-only transaction;
+        the copy thread goes on. The slot's producers are made (and fenced) here, on the
+        copy thread, if they are not yet. `offsets` reads the destination's log end offsets
+        in that thread (OffsetReader.offsets, not its read-ahead). The partition is in
+        flight until the job is done."""
+        producer = (self.txn_producer(topic, partition) if fillers
+                    else self.marker_producer(topic, partition))
+        k = self.slot(topic, partition)
+        if self._gap_writer is None:
+            self._gap_writer = GapWriter(
+                self.label, lambda tps: offsets.offsets(tps, OffsetSpec.latest()), self._gap_gate,
+                MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, MARKER_WAIT_S)
+        job = GapJob(topic, partition, offset, k, producer, fillers, key, self.txn_lock(k))
+        self._gap_jobs[(topic, partition)] = job
+        self._last_used[k] = time.monotonic()
+        self._gap_writer.submit(job)
+        return job
+
+    def txn_lock(self, k: int) -> threading.Lock:
+        """Held for each transaction of slot k's producers: the gap thread's, and the copy
+        thread's one-record commits on the same filler producer (one transaction at a
+        time per producer). Made on the copy thread only."""
+        lock = self._txn_locks.get(k)
+        if lock is None:
+            lock = self._txn_locks[k] = threading.Lock()
+        return lock
+
+    def _gap_gate(self, topic: str, partition: int) -> None:
+        """In the gap thread, before its transaction, as still_writing before any write:
+        through gate_open, which reads and takes nothing (may_write and write_deadline take
+        the copy thread's commands). A gate the copy thread is about to renew (its "fresh"
+        commands wait for the step it is in) is waited for, GATE_WAIT_S at most."""
+        deadline = time.monotonic() + GATE_WAIT_S
+        while not self.gate_open(topic, partition):
+            if time.monotonic() >= deadline:
+                raise KafkaOperationError(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
+                                          f"group lease ended, its slot moved or its view of the state store "
+                                          f"is not fresh)")
+            time.sleep(0.01)
+
+    def gap_result(self, job: GapJob) -> Confirmation | None:
+        """None while the job runs; then its Confirmation, or the error it ended with (an
+        error of the producer drops the slot's producers: the next use makes and fences
+        them again, as after a failed transaction on the copy thread)."""
+        if not job.done:
+            return None
+        key = (job.topic, job.partition)
+        if self._gap_jobs.get(key) is job:
+            del self._gap_jobs[key]
+        if job.error is not None:
+            if job.fenced and job.producer in (self.transactional.get(job.slot), self.markers.get(job.slot)):
+                self.drop_slot(job.slot, flush=False)
+            raise job.error
+        return job.result
+
+    def outstanding(self, topic: str, partition: int) -> "_Outstanding":
+        """This partition's writes still out, kept past forget(): true while any is (the
+        runs the producer has not reported on, a gap transaction being written)."""
+        key = (topic, partition)
+        return _Outstanding(self.pending.get(key), self._gap_jobs.get(key))
+
     def markers_supported(self, admin: Admin, topic: str) -> bool:
         """Whether the destination surely refuses a marker-only transaction's record on
-        `topic` (see KafkaPartitionSink.marker): a compacted topic refuses a record without
+        `topic` (see kafka/gaps.py): a compacted topic refuses a record without
         a key; a CreateTime topic with a finite message.timestamp.after.max.ms refuses a
         timestamp at the end of time. Read from the topic's configs at most every
         MARKERS_RECHECK_S. Not readable: the last answer (asked again in 5 s); none yet,
@@ -1123,7 +1217,9 @@ class SinkProducers:
     def close_idle(self, now: float | None = None) -> int:
         """Close the transactional producers not used for IDLE_CLOSE_S; returns how many."""
         now = time.monotonic() if now is None else now
-        idle = [k for k in self.transactional if now - self._last_used.get(k, now) >= self.IDLE_CLOSE_S]
+        writing = self._gap_writer.busy_slots() if self._gap_writer is not None else set()
+        idle = [k for k in self.transactional
+                if now - self._last_used.get(k, now) >= self.IDLE_CLOSE_S and k not in writing]
         for k in idle:
             self.transactional.pop(k).flush(5)
             self.markers.pop(k, None)
@@ -1140,6 +1236,8 @@ class SinkProducers:
         self._callbacks.clear()
 
     def close(self, timeout: float = 10.0) -> None:
+        if self._gap_writer is not None:
+            self._gap_writer.close()
         self.producer.flush(timeout)
         for p in self.transactional.values():
             p.flush(timeout)
@@ -1255,17 +1353,18 @@ class KafkaPartitionSink:
             results.append(Confirmation(e, None, err.str()) if err else Confirmation(e, msg.offset()))
 
         self.producers.still_writing(self.topic, self.partition)
-        p.begin_transaction()
-        for r in records:
-            p.produce(self.topic, r.value, r.key, partition=self.partition, timestamp=r.timestamp,
-                      headers=list(r.headers) if r.headers else None, on_delivery=cb)
-        # flush before ending: an abort would otherwise purge records never sent, and the
-        # marker would not land where the plan needs it
-        p.flush(30)
-        if commit:
-            p.commit_transaction(30)
-        else:
-            p.abort_transaction(30)
+        with self.producers.txn_lock(self.producers.slot(self.topic, self.partition)):
+            p.begin_transaction()
+            for r in records:
+                p.produce(self.topic, r.value, r.key, partition=self.partition, timestamp=r.timestamp,
+                          headers=list(r.headers) if r.headers else None, on_delivery=cb)
+            # flush before ending: an abort would otherwise purge records never sent, and the
+            # marker would not land where the plan needs it
+            p.flush(30)
+            if commit:
+                p.commit_transaction(30)
+            else:
+                p.abort_transaction(30)
         bad = [c for c in results if c.error or c.assigned_offset != c.expected_offset]
         first = bad[0] if bad else (results[0] if results else Confirmation(records[0].offset, None, "no report"))
         if not bad:
@@ -1278,61 +1377,19 @@ class KafkaPartitionSink:
     def markers_supported(self) -> bool:
         return self.producers.markers_supported(self.admin, self.topic)
 
-    def marker(self, offset: int) -> Confirmation:
-        try:
-            return self._marker_once(offset)
-        except KafkaException:
-            # as _txn_write: fenced, timed out or fatal; the copier backs off, starts again
-            self.producers.drop_slot(self.producers.slot(self.topic, self.partition), flush=False)
-            raise
+    def submit_gap(self, offset: int, fillers: int = 0) -> GapJob:
+        """An aborted transaction of `fillers` fillers from `offset` (none: a marker-only
+        transaction), written by the slot's gap thread: see SinkProducers.submit_gap."""
+        return self.producers.submit_gap(self.topic, self.partition, offset, self.offset_reader,
+                                         fillers, self.filler_key)
 
-    def _marker_once(self, offset: int) -> Confirmation:
-        """One record the destination refuses (no key on a compacted topic, a timestamp
-        at the end of time on a CreateTime one), in a transaction that is then aborted:
-        the partition was added to the transaction before the record was sent, so the
-        abort marker lands on it, at `offset`, with nothing before it. A crash at any point
-        leaves the same: a transaction holding the partition, aborted by the broker.
-
-        The log end offset is `offset` before and `offset` + 1 after, or the partition
-        fails (another writer). A refusal other than the planned one, or no report at all,
-        raises KafkaOperationError: the copier backs off and its next start plans the gap
-        again from the log end offset, which shows whether the abort left a marker."""
-        before = self.log_end_offset()
-        if before != offset:
-            return Confirmation(offset, None, f"the destination log end offset is {before} before the "
-                                f"marker-only transaction for offset {offset} (another writer?)")
-        p = self.producers.marker_producer(self.topic, self.partition)
-        reports: list = []
-        self.producers.still_writing(self.topic, self.partition)
-        p.begin_transaction()
-        p.produce(self.topic, None, None, partition=self.partition, timestamp=END_OF_TIME_MS,
-                  headers=[(FILLER_HEADER, b"marker")], on_delivery=lambda err, msg: reports.append((err, msg)))
-        p.flush(30)
-        p.abort_transaction(30)
-        if not reports:
-            raise KafkaOperationError(f"{self.topic}-{self.partition}: no delivery report for the record "
-                                      f"of the marker-only transaction at offset {offset} within 30 s")
-        err, msg = reports[0]
-        if err is None:
-            return Confirmation(offset, msg.offset(), "the destination kept the record of a marker-only "
-                                "transaction (was its message.timestamp.type or after.max.ms changed?)")
-        if err.code() not in MARKER_REFUSALS:
-            raise KafkaOperationError(f"{self.topic}-{self.partition}: the record of the marker-only "
-                                      f"transaction at offset {offset} was not refused as planned: {err.str()}")
-        self._wait_log_end(offset + 1)
-        after = self.log_end_offset()
-        if after != offset + 1:
-            return Confirmation(offset, None, f"the destination log end offset is {after} after the "
-                                f"marker-only transaction for offset {offset} (another writer?)")
-        return Confirmation(offset, offset)
+    def gap_result(self, job: GapJob) -> Confirmation | None:
+        return self.producers.gap_result(job)
 
     def _fillers(self, first_offset: int, count: int) -> list[Record]:
         ts = int(time.time() * 1000)
         header = ((FILLER_HEADER, b"1"),)
         return [Record(first_offset + i, self.filler_key, None, ts, header) for i in range(count)]
-
-    def abort_fillers(self, first_offset: int, count: int) -> Confirmation:
-        return self._txn_write(self._fillers(first_offset, count), commit=False)
 
     def fill(self, first_offset: int, count: int) -> Confirmation:
         recs = self._fillers(first_offset, count)

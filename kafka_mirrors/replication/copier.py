@@ -7,8 +7,10 @@ it talks to a PartitionSource and a PartitionSink only, never to Kafka.
     step():   verify delivery reports -> fetch -> plan -> write -> (idle: foreign-write
               check, retention follow-up) -> verify delivery reports
                  fetch ──► dense runs ──► produce (async, fast path)
-                       └─► gaps ──► plan_gap ──► marker / abort_fillers / fill+delete
+                       └─► gaps ──► plan_gap ──► marker / aborted fillers / fill+delete
                                                  (commit_one where no marker can be written)
+              a marker or aborted fillers are submitted (sink.submit_gap) and written by
+              another thread; the partition sends nothing more until they are on the log
     stop():   flush and verify what is in flight; the held-back record stays unwritten
 
 The last record seen is held back until the offset after it is known (the next record or
@@ -104,6 +106,14 @@ class PartitionCopier:
         # records fetched and not planned yet: a step stops planning once its gaps took
         # gap_budget, and the next step plans these before it fetches again
         self._leftover: Sequence[Record] = ()
+        # a gap transaction (a marker-only one, or aborted fillers), written off the copy
+        # thread (sink.submit_gap): _gap_at, its first offset (planned; submitted once every
+        # write before it is confirmed), _gap_fillers its fillers (0: a marker alone);
+        # _gap_job, the sink's handle once submitted. Nothing more is sent for the
+        # partition until it is done.
+        self._gap_at: int | None = None
+        self._gap_fillers = 0
+        self._gap_job: object | None = None
 
         self._started = False
         self._failed: PartitionFailed | None = None
@@ -165,6 +175,8 @@ class PartitionCopier:
         if not self._started:
             raise RuntimeError("PartitionCopier.step() before start()")
         self._take_confirmations()
+        if self._gap_at is not None and not self._gap_done():
+            return self.progress  # waiting for the gap transaction (or for the writes before it)
         if self._in_flight > self._max_in_flight:
             self._send_and_flush()
 
@@ -188,8 +200,15 @@ class PartitionCopier:
         return self.progress
 
     def busy(self) -> bool:
-        """Work that needs no new source record: writes in flight or planned, a record held."""
-        return bool(self._in_flight or self._batch or self._held is not None or self._leftover)
+        """Work that needs no new source record: writes in flight or planned, a record held,
+        a gap transaction planned or being written."""
+        return bool(self._in_flight or self._batch or self._held is not None or self._leftover
+                    or self._gap_at is not None)
+
+    def gap_planned(self) -> bool:
+        """A gap transaction is planned or being written: stepping the partition does
+        nothing but look whether it (or the writes before it) is done."""
+        return self._gap_at is not None
 
     def settle(self) -> int:
         """For a stop that must not wait: plan and send nothing more (the planned batch
@@ -199,9 +218,13 @@ class PartitionCopier:
         complete at 0."""
         self._batch = []
         self._leftover = ()
+        if self._gap_job is None:
+            self._gap_at = None  # planned, not begun: nothing of it was written
         if self._failed is None and self._started:
             self._take_confirmations()
-        return self._in_flight
+            if self._gap_job is not None:
+                self._settle_gap()
+        return self._in_flight + (self._gap_job is not None)
 
     def stop(self, timeout: float) -> PartitionProgress:
         if self._failed is None and self._started:
@@ -234,6 +257,10 @@ class PartitionCopier:
                 if deadline is None:
                     deadline = self._clock() + self._gap_budget
                 self._plan_gap(first)  # may hand the batch to the sink: re-read self._batch
+                if self._gap_at is not None:
+                    # nothing after the gap is sent before its marker is on the log
+                    self._leftover = records[pos:]
+                    return
             else:
                 self._fail(
                     first,
@@ -313,19 +340,11 @@ class PartitionCopier:
                 self._progress.records_copied += 1
                 self._count("transactions_committed")
                 self._next = self._confirmed = held.offset + 2
-            elif kind == MARKER:
-                # the held record (if any) went to the fast path just before: it must be
-                # on the log before the marker takes the offset after it
-                self._send_and_flush()
-                self._verify(self._sink.marker(action.offset))
-                self._count("marker_transactions")
-                self._next = self._confirmed = action.offset + 1
-            elif kind == ABORT_FILLERS:
-                self._send_and_flush()
-                self._verify(self._sink.abort_fillers(action.offset, action.count))
-                self._progress.fillers_written += action.count
-                self._count("transactions_aborted")
-                self._next = self._confirmed = action.offset + action.count + 1
+            elif kind in (MARKER, ABORT_FILLERS):
+                # written off the copy thread once the held record (if any), sent to the
+                # fast path just before, is confirmed: see _gap_done
+                self._gap_at, self._gap_fillers = action.offset, action.count if kind == ABORT_FILLERS else 0
+                break  # nothing else is planned before it is on the log: the gap is the last action
             elif kind == SKIP_LOST:
                 self._send_and_flush()
                 self._skip(action.offset, action.offset + action.count, lost=True)
@@ -334,6 +353,54 @@ class PartitionCopier:
                 self._lone_offset(action.offset)
         self._held = None
         self._next = following
+
+    def _gap_done(self) -> bool:
+        """The planned gap transaction: submitted once every write before it is confirmed
+        (it must land right after them), then checked when its job is done, as the
+        synchronous one was. True once its marker is on the log (the copy goes on)."""
+        if self._gap_job is None:
+            self._send()
+            if self._in_flight:
+                return False
+            if self._confirmed != self._gap_at:
+                self._fail(self._gap_at, f"the writes before the gap transaction at offset {self._gap_at} "
+                                         f"were confirmed up to {self._confirmed}")
+            self._gap_job = self._sink.submit_gap(self._gap_at, self._gap_fillers)
+        try:
+            c = self._sink.gap_result(self._gap_job)
+        except BaseException:
+            # it ended without its marker known to be where planned: the mirror backs off
+            # and its next start plans the gap again from the log end offset
+            self._gap_at = self._gap_job = None
+            raise
+        if c is None:
+            return False
+        return self._gap_landed(c)
+
+    def _gap_landed(self, c: Confirmation) -> bool:
+        offset, fillers = self._gap_at, self._gap_fillers
+        self._gap_at = self._gap_job = None
+        self._verify(c)
+        if fillers:
+            self._progress.fillers_written += fillers
+            self._count("transactions_aborted")
+        else:
+            self._count("marker_transactions")
+        self._confirmed = max(self._confirmed, offset + fillers + 1)
+        return True
+
+    def _settle_gap(self) -> None:
+        """settle(): the gap transaction being written is waited for (it is a write in
+        flight); its outcome is checked as always. Any other error ends it: what the abort
+        left (its marker and fillers, or nothing) is what a new copier plans from."""
+        try:
+            c = self._sink.gap_result(self._gap_job)
+        except Exception as exc:  # noqa: BLE001 - the stop is complete; the next start re-plans
+            self._gap_at = self._gap_job = None
+            self._log.debug("[%s] the gap transaction ended with %s", self._label, exc)
+            return
+        if c is not None:
+            self._gap_landed(c)
 
     def _source_log_start(self) -> int:
         log_start = getattr(self._source, "log_start_offset", None)
@@ -466,7 +533,7 @@ class PartitionCopier:
                 self._fail(record.offset, "the destination record differs from the source record")
 
     def _idle_checks(self) -> None:
-        if self._in_flight or self._batch:
+        if self._in_flight or self._batch or self._gap_at is not None:
             return
         now = self._clock()
         if now - self._last_idle_check < self._idle_check_interval:

@@ -122,24 +122,27 @@ class PartitionSink(Protocol):
         """Write `record` alone in a transaction and commit it: its commit marker lands on
         record.offset + 1. Returns once the destination log end offset shows the marker."""
 
-    def abort_fillers(self, first_offset: int, count: int) -> Confirmation:
-        """One transaction holding `count` filler records (first expected at
-        first_offset), in one produce batch, then abort it: the abort marker lands on
-        first_offset + count. Returns once the log end offset shows the marker. The
-        Confirmation is for the first filler."""
-
     def markers_supported(self) -> bool:
         """Whether `marker` can take a single offset on this partition now: the destination
         broker refuses the one record a marker-only transaction sends (a compacted topic
         refuses a null key; a CreateTime topic whose message.timestamp.after.max.ms is
         finite refuses a timestamp at the end of time)."""
 
-    def marker(self, offset: int) -> Confirmation:
-        """A transaction that adds the partition but appends nothing to it (its one record
-        is refused), aborted: the abort marker alone lands on `offset`. A crash anywhere in
-        it leaves that same marker (the broker, or the next copier's fence, aborts it).
-        Returns once the log end offset shows the marker; assigned_offset is `offset`
-        then, or where a record of it wrongly landed."""
+    def submit_gap(self, offset: int, fillers: int = 0) -> object:
+        """Begin writing an aborted transaction that takes offsets `offset` to `offset +
+        fillers` and nothing else: `fillers` filler records (one produce batch) and the
+        abort marker after them; with no fillers, a marker-only transaction (it adds the
+        partition, its one record is refused, see markers_supported): the marker alone
+        takes `offset`. A crash anywhere in it leaves the marker where planned (the broker,
+        or the next copier's fence, aborts it), with the fillers that landed. Returns at
+        once, a handle for gap_result; the copier submits only once every write before
+        `offset` is confirmed, and writes nothing more to the partition until it is done."""
+
+    def gap_result(self, job: object) -> Confirmation | None:
+        """None while the gap is being written; then its Confirmation for `offset`
+        (assigned_offset is `offset` once the log end offset shows the marker, or where a
+        record of it wrongly landed), or the error it ended with, raised (the copier backs
+        off)."""
 
     def fill(self, first_offset: int, count: int) -> Confirmation:
         """`count` non-transactional filler records starting at first_offset (used before

@@ -64,6 +64,8 @@ IDLE_CHECKS_PER_S = 20.0
 # turn took a third of a core
 FULL_SCAN_S = 0.5
 SHUTDOWN_DRAIN_S = 10.0
+# how long an idle turn waits while a partition waits for its gap transaction
+GAP_WAIT_POLL_S = 0.002
 # After a write whose outcome is unknown (it timed out: it may still land), its partition is
 # not copied again, here or by another worker, for this long past the delivery timeout
 UNKNOWN_WRITE_HOLD_S = 5.0
@@ -162,6 +164,7 @@ class CopyPlane:
     _waiting_cmds: tuple = ()  # commands taken from the inbox by _take_fresh, applied first by _commands
     _step_cursor: tuple[str, int] | None = None  # the (mirror, partition) stepped last
     _stale_warned = False  # a stale view was logged (once, until it is fresh again)
+    _gap_waits = 0  # partitions of the last turn that wait for a gap transaction
     def __init__(self, link, src_conf: dict, dst_conf: dict, src_admin: Admin, dst_admin: Admin,
                  source_timeout: float, timeout: float, worker_id: str,
                  delivery_timeout_ms: int = 30000, ownership=None):
@@ -240,6 +243,7 @@ class CopyPlane:
         self.producers.may_write = lambda topic, p: (st.slot_of(topic, p) in self.ownership.owned
                                                       and self.may_write_now(time.monotonic()))
         self.producers.write_deadline = self.write_deadline
+        self.producers.gate_open = self.gate_open
 
     def _on_source_error(self, err) -> None:
         if err.code() in SOURCE_DOWN_CODES:
@@ -300,7 +304,14 @@ class CopyPlane:
                 self.producers.close_idle(now)
                 next_report = now + REPORT_S
             if not progressed:
-                if copying and self.feeds.assigned:
+                if self._gap_waits:
+                    # a partition waits for its gap transaction (another thread) or for the
+                    # writes before it: a delivery report wakes this, the gap thread's end
+                    # is seen within GAP_WAIT_POLL_S
+                    self.producers.poll(GAP_WAIT_POLL_S)
+                    if copying and self.feeds.assigned:
+                        self.feeds.pump(0)
+                elif copying and self.feeds.assigned:
                     self.feeds.pump(0.05)
                 else:
                     time.sleep(0.02)
@@ -322,6 +333,13 @@ class CopyPlane:
     def may_write_now(self, now: float) -> bool:
         """The group lease holds and the view of the state store is fresh."""
         return self.ownership.lease_ok(now) and self.state_fresh(now)
+
+    def gate_open(self, topic: str, p: int) -> bool:
+        """may_write for other threads (the gap threads of SinkProducers): it reads only.
+        The inbox is the copy thread's alone: a "fresh" command another thread took could
+        put a stop behind commands that came after it."""
+        return (st.slot_of(topic, p) in self.ownership.owned
+                and time.monotonic() < self._deadline())
 
     def write_deadline(self) -> float:
         """Monotonic time until which writes may be queued (SinkProducers.write_deadline).
@@ -732,6 +750,7 @@ class CopyPlane:
         if start is not None and start >= 0:
             order = order[start:] + order[:start]
         skip: set[str] = set()  # mirrors that failed or backed off in this turn
+        self._gap_waits = waits = 0
         for topic, m, p, task in order:
             if topic in skip or m.stopping or m.restart_at is not None:
                 continue
@@ -781,6 +800,9 @@ class CopyPlane:
                 continue
             if copier.busy():
                 busy.add((topic, p))
+                if copier.gap_planned():
+                    waits += 1
+                    self._gap_waits = waits
             else:
                 busy.discard((topic, p))
             if copier.progress.next_offset != before:
@@ -820,7 +842,7 @@ class CopyPlane:
             if left and m.stop_failed is None:
                 continue
             for p in [*m.tasks, *m.releasing]:
-                reports = self.producers.pending.get((topic, p))
+                reports = self.producers.outstanding(topic, p)
                 if reports:
                     # a failure is reported at once, its writes may still be in flight: their
                     # slot stays held (membership does not release it) until they are not

@@ -43,6 +43,16 @@ def write(sink: KafkaPartitionSink, offset: int, value: bytes) -> None:
     assert reports.count == 1 and not reports.mismatches, reports
 
 
+def marker(sink: KafkaPartitionSink, offset: int):
+    """A marker-only transaction, written by the slot's marker thread; its outcome."""
+    job = sink.submit_gap(offset)
+    deadline = time.monotonic() + 60
+    while (c := sink.gap_result(job)) is None:
+        assert time.monotonic() < deadline, "the marker-only transaction did not end within 60 s"
+        time.sleep(0.005)
+    return c
+
+
 @pytest.mark.parametrize("compacted", [False, True], ids=["delete", "compact"])
 def test_a_marker_only_transaction_takes_exactly_one_offset(destination, compacted):
     topic = destination.create_topic(unique("marker"), partitions=1,
@@ -53,7 +63,7 @@ def test_a_marker_only_transaction_takes_exactly_one_offset(destination, compact
         assert sink.markers_supported()
         write(sink, 0, b"r0")
         for offset in (1, 2):  # two in a row: the refused records' sequence numbers do not matter
-            c = sink.marker(offset)
+            c = marker(sink, offset)
             assert (c.expected_offset, c.assigned_offset, c.error) == (offset, offset, None)
             assert sink.log_end_offset() == offset + 1
         write(sink, 3, b"r3")  # the fast path after markers: still lands where planned
@@ -97,5 +107,46 @@ def test_a_worker_killed_inside_a_marker_only_transaction_leaves_that_marker(des
         write(sink, 2, b"r2")
         got = [(s.offset, s.value) for s in mt.snapshot(destination, topic, 0, "read_uncommitted")]
         assert got == [(0, b"r0"), (2, b"r2")]
+    finally:
+        producers.close()
+
+
+def test_markers_of_partitions_of_one_slot_share_one_transaction(destination):
+    """The slot's marker thread writes every marker of its slot that waits in one
+    marker-only transaction: each partition it added gets its own marker, at its offset."""
+    from kafka_mirrors.state import slot_of
+    topic = destination.create_topic(unique("marker-batch"), partitions=40)
+    by_slot: dict[int, list[int]] = {}
+    for p in range(40):
+        by_slot.setdefault(slot_of(topic, p), []).append(p)
+    same = next(ps for ps in by_slot.values() if len(ps) >= 3)[:3]
+    conf = destination.conf()
+    link = unique("link")
+    producers = SinkProducers(conf, link, f"[{link}]")
+    admin = Admin(conf, "destination")
+    reader = OffsetReader(admin.client, "destination")
+    sinks = [KafkaPartitionSink(producers, reader, admin, conf, topic, p, False) for p in same]
+    try:
+        for s in sinks:
+            s.close_open_transaction()
+            s.produce([Record(0, b"k", b"r0", int(time.time() * 1000), ())])
+            assert s.flush(30).count == 1
+        jobs = [s.submit_gap(1) for s in sinks]
+        deadline = time.monotonic() + 60
+        results = [None] * len(jobs)
+        while any(r is None for r in results):
+            assert time.monotonic() < deadline
+            results = [r or s.gap_result(j) for r, s, j in zip(results, sinks, jobs)]
+            time.sleep(0.005)
+        assert [(c.assigned_offset, c.error) for c in results] == [(1, None)] * 3
+        assert producers._gap_writer.transactions <= 2  # the first alone at most, then the rest together
+        for s in sinks:
+            assert s.log_end_offset() == 2
+            s.produce([Record(2, b"k", b"r2", int(time.time() * 1000), ())])
+            reports = s.flush(30)
+            assert reports.count == 1 and not reports.mismatches, reports
+        for p in same:
+            got = [(r.offset, r.value) for r in mt.snapshot(destination, topic, p, "read_uncommitted")]
+            assert got == [(0, b"r0"), (2, b"r2")], (p, got)
     finally:
         producers.close()

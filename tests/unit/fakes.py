@@ -210,6 +210,7 @@ class FakeSink:
         self.calls: list[str] = []
         self.chunks: list = []  # what each produce() call was given
         self.fenced = 0
+        self.open_gap: list | None = None  # submitted, not written: [offset, result calls to wait, fillers]
 
     def _filler(self, offset: int) -> Record:
         return Record(offset, self.filler_key, None, 0, ((FILLER_HEADER, b"1"),))
@@ -260,7 +261,26 @@ class FakeSink:
     def markers_supported(self) -> bool:
         return self.markers
 
+    def submit_gap(self, offset: int, fillers: int = 0) -> list:
+        """Written later, as by the real sink's gap thread: at the gap_result call that
+        finds its turn (the first without an rng, a random one with), so the copier steps
+        while it is in flight."""
+        self.calls.append("submit_gap")
+        self._no_async_writes("submit_gap")
+        assert self.open_gap is None, "a second gap of the partition before the first was done"
+        self.open_gap = job = [offset, 1 if self.rng is None else self.rng.randint(0, 3), fillers]
+        return job
+
+    def gap_result(self, job: list) -> Confirmation | None:
+        assert job is self.open_gap
+        if job[1] > 0:
+            job[1] -= 1
+            return None
+        self.open_gap = None
+        return self.abort_fillers(job[0], job[2]) if job[2] else self.marker(job[0])
+
     def marker(self, offset: int) -> Confirmation:
+        """The marker-only transaction itself (what the gap thread writes)."""
         self.calls.append("marker")
         self._no_async_writes("marker")
         assert self.markers, "marker() on a sink that said it cannot write one"
@@ -272,6 +292,7 @@ class FakeSink:
         return Confirmation(offset, self.misreport.get(offset, assigned))
 
     def abort_fillers(self, first_offset: int, count: int) -> Confirmation:
+        """The aborted filler transaction itself (what the gap thread writes)."""
         self.calls.append("abort_fillers")
         self._no_async_writes("abort_fillers")
         assert count >= 1

@@ -230,7 +230,7 @@ def test_tail_is_written_when_the_partition_goes_idle(tail):
     dst = FakePartitionLog()
     c = copier(FakeSource(src), FakeSink(dst))
     c.start()
-    for _ in range(3):
+    for _ in range(5):  # a marker takes two more: one sends it, one sees it written
         c.step(0.0)
     if tail != "open transaction":
         # lag 0: nothing is left held back
@@ -725,33 +725,35 @@ def test_progress_counts_the_bytes_the_sink_says_it_was_handed_and_those_confirm
 
 
 def test_a_step_plans_no_more_gaps_once_they_took_the_gap_budget():
-    """Each gap is a transaction on the destination (~15 ms): a fetch of 5,000 records of
-    a transactional topic held ~2,000 of them, and its one step ran 30 s without a look at
-    the copy thread's commands (a failover's stop waited as long). Once the gaps of a step
-    took the budget, the rest of the fetch waits for the next step; the copy is exact."""
+    """Markers and aborted fillers are written off the copy thread, but where the mirror
+    takes no marker-only transaction each gap of one is its record alone in a committed
+    transaction, on the copy thread (~15 ms): a fetch of 5,000 records of a transactional
+    topic held ~2,000 of them, and its one step ran 30 s without a look at the copy
+    thread's commands (a failover's stop waited as long). Once the gaps of a step took the
+    budget, the rest of the fetch waits for the next step; the copy is exact."""
     src = FakePartitionLog()
     for i in range(40):
         t = src.begin()
         src.append(b"k", b"%d" % i, 10 + i, txn=t)
-        src.commit(t)  # a gap of one after each record: a marker
+        src.commit(t)  # a gap of one after each record
     src.append(b"plain", b"last", 99)
     dst = FakePartitionLog()
     sink = FakeSink(dst)
-    sink.markers = True
+    sink.markers = False
     now = [0.0]
-    marker = sink.marker
+    commit_one = sink.commit_one
 
-    def slow_marker(offset):
-        now[0] += 0.015  # what a marker-only transaction takes
-        return marker(offset)
-    sink.marker = slow_marker
+    def slow_commit_one(record):
+        now[0] += 0.015  # what a transaction takes
+        return commit_one(record)
+    sink.commit_one = slow_commit_one
     c = copier(FakeSource(src), sink, clock=lambda: now[0], gap_budget=0.1)
     c.start()
     per_step = []
     for _ in range(100):
-        before = c.progress.counters.get("marker_transactions", 0)
+        before = c.progress.counters.get("transactions_committed", 0)
         c.step(0.0)
-        per_step.append(c.progress.counters.get("marker_transactions", 0) - before)
+        per_step.append(c.progress.counters.get("transactions_committed", 0) - before)
         if dst.log_end_offset == src.log_end_offset:
             break
     c.step(0.0)
@@ -762,8 +764,93 @@ def test_a_step_plans_no_more_gaps_once_they_took_the_gap_budget():
     # without a budget the same fetch is planned in one step: all 40 transactions in it
     dst2 = FakePartitionLog()
     sink2 = FakeSink(dst2)
-    sink2.markers = True
+    sink2.markers = False
     c2 = copier(FakeSource(src), sink2, gap_budget=float("inf"))
     c2.start()
     c2.step(0.0)
-    assert c2.progress.counters["marker_transactions"] == 40
+    assert c2.progress.counters["transactions_committed"] == 40
+
+
+def test_a_marker_being_written_holds_its_partition_and_nothing_else():
+    """A gap of one is a marker-only transaction written by another thread: the step that
+    plans it sends the record before it and returns; the partition sends nothing more (nor
+    fetches) until the marker is on the log, then the copy goes on from the records that
+    waited. A stop meanwhile waits for the marker like any write in flight."""
+    src = FakePartitionLog()
+    for i in range(3):
+        t = src.begin()
+        src.append(b"k", b"%d" % i, 10 + i, txn=t)
+        src.commit(t)  # record, commit marker: a gap of one after each record
+    src.append(b"plain", b"last", 99)
+    dst = FakePartitionLog()
+    sink = FakeSink(dst)
+    source = FakeSource(src)
+    c = copier(source, sink)
+    c.start()
+    c.step(0.0)  # plans r0, a marker at 1; r0 goes to the fast path
+    assert c.gap_planned() and c.busy() and sink.open_gap is None
+    assert sink.calls == ["produce"] and source.fetches == 1
+    c.step(0.0)  # r0 confirmed: the marker is submitted (and not written yet)
+    assert sink.open_gap == [1, 0, 0] and dst.log_end_offset == 1
+    c.step(0.0)  # written: the records that waited are planned, r1 sent (and confirmed)
+    assert dst.log_end_offset == 3 and c.progress.counters["marker_transactions"] == 1
+    assert c.gap_planned()  # the next one, after r1
+    assert source.fetches == 1  # the rest of the first fetch, not a new one
+    for _ in range(20):
+        c.step(0.0)
+    assert_same_view(src, dst)
+    assert c.progress.counters["marker_transactions"] == 3 and not c.busy()
+
+
+def test_a_marker_that_ended_in_an_error_backs_off_and_the_restart_plans_it_again():
+    src = FakePartitionLog()
+    src.append(b"k", b"0", 10)
+    t = src.begin()
+    src.append(b"k", b"1", 11, txn=t)
+    src.commit(t)
+    src.append(b"k", b"3", 13)
+    dst = FakePartitionLog()
+    sink = FakeSink(dst)
+    c = copier(FakeSource(src), sink)
+    c.start()
+
+    def refused(offset):
+        raise ReplicationError("the record of the marker-only transaction was not refused as planned")
+    sink.marker = refused
+    with pytest.raises(ReplicationError, match="not refused as planned"):
+        for _ in range(10):
+            c.step(0.0)
+    assert not c.gap_planned() and c.settle() == 0
+    restarted = copier(FakeSource(src), FakeSink(dst))
+    restarted.start()
+    run(restarted, src, dst)
+    assert_same_view(src, dst)
+
+
+def test_a_stop_waits_for_the_marker_being_written_and_checks_it():
+    src = FakePartitionLog()
+    t = src.begin()
+    src.append(b"k", b"0", 10, txn=t)
+    src.commit(t)
+    src.append(b"k", b"2", 12)
+    dst = FakePartitionLog()
+    sink = FakeSink(dst)
+    c = copier(FakeSource(src), sink)
+    c.start()
+    c.step(0.0)
+    c.step(0.0)  # submitted
+    sink.open_gap[1] = 2  # the marker thread is slow
+    assert c.settle() == 1 and c.settle() == 1  # in flight: the stop is not complete
+    assert c.settle() == 0  # written, and checked
+    assert dst.log_end_offset == 2 and c.progress.next_offset == 2
+    assert c.progress.counters["marker_transactions"] == 1
+    # a marker whose record the destination kept fails the partition, even while stopping
+    dst2 = FakePartitionLog()
+    sink2 = FakeSink(dst2)
+    c2 = copier(FakeSource(src), sink2)
+    c2.start()
+    c2.step(0.0)
+    c2.step(0.0)
+    sink2.misreport[1] = 5
+    with pytest.raises(PartitionFailed, match="offset 1"):
+        c2.settle()

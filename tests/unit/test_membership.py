@@ -186,6 +186,9 @@ class FakeProducers:
         self.forgotten.append((topic, p))
         self.pending.pop((topic, p), None)
 
+    def outstanding(self, topic, p):
+        return self.pending.get((topic, p))
+
     def poll(self, timeout):
         pass
 

@@ -4,6 +4,8 @@ MessageRecords; the sink produces straight from the messages and checks every de
 report in its per-partition callback against the source offset the record copies."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from confluent_kafka import KafkaError
 
@@ -217,6 +219,7 @@ def producers(fake: FakeProducer) -> SinkProducers:
     s.pending = __import__("collections").defaultdict(__import__("collections").deque)
     s._tallies, s._callbacks, s.transactional, s._untracked = {}, {}, {}, {}
     s.markers, s._markers_ok = {}, {}
+    s._gap_jobs, s._gap_writer, s._last_used, s._txn_locks = {}, None, {}, {}
     s.producer = fake
     return s
 
@@ -632,46 +635,41 @@ class FakeMessage:
         return self._o
 
 
-def marker_sink(log, producer):
-    from kafka_mirrors.kafka.partition import KafkaPartitionSink
+def write_markers(log, producer, offsets=(7,), gate=None):
+    """GapWriter.write of one batch, partitions 0.. of topic t taking the markers at
+    `offsets`; `log` holds each partition's log end offset (a list), moved by the fake
+    producer. Returns the jobs."""
+    from kafka_mirrors.kafka.gaps import GapJob, GapWriter
+    from kafka_mirrors.kafka.partition import END_OF_TIME_MS, FILLER_HEADER, MARKER_REFUSALS
 
-    class Producers:
-        dropped = []
-
-        def marker_producer(self, topic, partition):
-            return producer
-
-        def slot(self, topic, partition):
-            return 3
-
-        def drop_slot(self, k, flush=True):
-            self.dropped.append(k)
-
-        def still_writing(self, topic, partition):
-            return float("inf")
-
-    class Offsets:
-        def log_end_offset(self, topic, partition):
-            return log[0]
-
-    sink = KafkaPartitionSink.__new__(KafkaPartitionSink)
-    sink.producers, sink.offset_reader, sink.topic, sink.partition = Producers(), Offsets(), "t", 0
-    return sink
+    def ends(tps):
+        return {(t, p): log[p] for t, p in tps}
+    writer = GapWriter("[l]", ends, gate or (lambda t, p: None), MARKER_REFUSALS, FILLER_HEADER,
+                          END_OF_TIME_MS, wait_s=0.2)
+    jobs = [GapJob("t", p, o, 3, producer) for p, o in enumerate(offsets)]
+    try:
+        writer.write(jobs)
+    except Exception as exc:  # noqa: BLE001 - as the slot's thread does
+        for j in jobs:
+            j.fail(exc)
+    return jobs
 
 
 def test_marker_refused_as_planned_lands_on_its_offset():
     from confluent_kafka import KafkaError
     log = [7]
     p = _TxnProducer(log, (_Err(KafkaError.INVALID_TIMESTAMP), None))
-    c = marker_sink(log, p).marker(7)
+    [job] = write_markers(log, p)
+    c = job.result
+    assert job.done and job.error is None
     assert (c.expected_offset, c.assigned_offset, c.error) == (7, 7, None)
     assert p.calls == ["begin", "abort"] and log == [8]
 
 
 def test_marker_whose_record_was_kept_fails_the_partition_where_it_landed():
     log = [7]
-    c = marker_sink(log, _TxnProducer(log, (None, 7))).marker(7)
-    assert c.assigned_offset == 7 and "kept the record" in c.error  # the copier fails on c.error
+    [job] = write_markers(log, _TxnProducer(log, (None, 7)))
+    assert job.result.assigned_offset == 7 and "kept the record" in job.result.error  # the copier fails on it
 
 
 @pytest.mark.parametrize("outcome", [None, "other"], ids=["no report", "another refusal"])
@@ -680,25 +678,134 @@ def test_marker_with_an_unplanned_outcome_backs_off(outcome):
     from kafka_mirrors.errors import KafkaOperationError
     log = [7]
     p = _TxnProducer(log, None if outcome is None else (_Err(KafkaError._MSG_TIMED_OUT), None))
-    with pytest.raises(KafkaOperationError):
-        marker_sink(log, p).marker(7)
+    [job] = write_markers(log, p)
+    assert isinstance(job.error, KafkaOperationError) and not job.fenced
     assert p.calls == ["begin", "abort"]  # ended either way: a restart plans from the log end
 
 
-def test_marker_checks_the_log_end_offset_before_and_after():
+def test_marker_checks_the_log_end_offset_it_leaves():
+    """The copier submits a marker once its reports proved the log end offset is the
+    marker's offset; a foreign write before the marker, or after it, shows in the log end
+    offset the marker leaves: more than offset + 1."""
     from confluent_kafka import KafkaError
     log = [8]  # another write landed at 7
     p = _TxnProducer(log, (_Err(KafkaError.INVALID_TIMESTAMP), None))
-    c = marker_sink(log, p).marker(7)
-    assert "log end offset is 8 before" in c.error and p.calls == []
+    [job] = write_markers(log, p)
+    assert "log end offset is 9 after" in job.result.error
     log = [7]
 
     class Twice(_TxnProducer):
         def abort_transaction(self, timeout):
             super().abort_transaction(timeout)
             self.log[0] += 1  # and someone else's record after the marker
-    c = marker_sink(log, Twice(log, (_Err(KafkaError.INVALID_TIMESTAMP), None))).marker(7)
-    assert "log end offset is 9 after" in c.error
+    [job] = write_markers(log, Twice(log, (_Err(KafkaError.INVALID_TIMESTAMP), None)))
+    assert "log end offset is 9 after" in job.result.error
+
+
+class _BatchProducer:
+    """One transaction for several partitions: each produce is refused, the abort puts a
+    marker on every partition that was sent a record."""
+
+    def __init__(self, log, fail_on=None):
+        self.log, self.calls, self.sent, self.fail_on = log, [], [], fail_on
+
+    def begin_transaction(self):
+        self.calls.append("begin")
+
+    def produce(self, topic, value, key, partition, timestamp, headers, on_delivery):
+        from confluent_kafka import KafkaException
+        self.sent.append((partition, on_delivery))
+        if self.fail_on == "produce":
+            raise KafkaException("fenced")
+
+    def flush(self, timeout):
+        for _, cb in self.sent:
+            cb(_Err(KafkaError.INVALID_TIMESTAMP), None)
+
+    def abort_transaction(self, timeout):
+        self.calls.append("abort")
+        for p, _ in self.sent:
+            self.log[p] += 1
+
+
+def test_one_marker_only_transaction_takes_the_markers_of_every_partition_of_the_batch():
+    log = [7, 3, 0]
+    p = _BatchProducer(log)
+    jobs = write_markers(log, p, offsets=(7, 3, 0))
+    assert [(j.result.assigned_offset, j.result.error) for j in jobs] == [(7, None), (3, None), (0, None)]
+    assert p.calls == ["begin", "abort"] and log == [8, 4, 1]  # one transaction, a marker each
+
+
+def test_a_batch_leaves_out_a_partition_that_may_not_be_written_and_names_one_another_writer_moved():
+    from kafka_mirrors.errors import KafkaOperationError
+    log = [7, 4, 0]  # partition 1: another write landed at 3
+
+    def gate(topic, partition):
+        if partition == 2:
+            raise KafkaOperationError("no longer writing t-2")
+    p = _BatchProducer(log)
+    jobs = write_markers(log, p, offsets=(7, 3, 0), gate=gate)
+    assert jobs[0].result.error is None and log[0] == 8
+    assert "log end offset is 5 after" in jobs[1].result.error and log[1] == 5
+    assert isinstance(jobs[2].error, KafkaOperationError) and log[2] == 0  # nothing written
+    assert [part for part, _ in p.sent] == [0, 1]
+
+
+def test_a_producer_error_in_a_marker_batch_fails_every_job_as_fenced():
+    from kafka_mirrors.kafka.gaps import GapJob, GapWriter
+    from kafka_mirrors.kafka.partition import END_OF_TIME_MS, FILLER_HEADER, MARKER_REFUSALS
+    log = [7, 3]
+    p = _BatchProducer(log, fail_on="produce")
+    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q: None,
+                          MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 0.2)
+    jobs = [GapJob("t", q, o, 3, p) for q, o in enumerate((7, 3))]
+    for j in jobs:
+        writer.submit(j)  # the slot's thread writes them
+    deadline = time.monotonic() + 5
+    while not all(j.done for j in jobs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(j.done and j.fenced and j.error is not None for j in jobs)
+    writer.close()
+
+
+def test_the_slot_thread_batches_what_waits_and_ends_when_idle(monkeypatch):
+    """Jobs submitted while a transaction runs go into the next one, together; a second
+    job of a partition waits for the next batch; the thread ends once nothing came for
+    IDLE_EXIT_S."""
+    import threading
+    from kafka_mirrors.kafka import gaps
+    from kafka_mirrors.kafka.gaps import GapJob, GapWriter
+    from kafka_mirrors.kafka.partition import END_OF_TIME_MS, FILLER_HEADER, MARKER_REFUSALS
+    monkeypatch.setattr(gaps, "IDLE_EXIT_S", 0.2)
+    log = [0, 0, 0]
+    release = threading.Event()
+
+    class Slow(_BatchProducer):
+        def begin_transaction(self):
+            super().begin_transaction()
+            self.sent = []
+            release.wait(5)
+    p = Slow(log)
+    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q: None,
+                          MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 2.0)
+    first = GapJob("t", 0, 0, 3, p)
+    writer.submit(first)
+    deadline = time.monotonic() + 5
+    while p.calls != ["begin"] and time.monotonic() < deadline:
+        time.sleep(0.005)
+    later = [GapJob("t", 1, 0, 3, p), GapJob("t", 2, 0, 3, p)]
+    for j in later:
+        writer.submit(j)
+    assert writer.threads() == 1
+    release.set()
+    while not all(j.done for j in [first, *later]) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert [j.result.error for j in [first, *later]] == [None, None, None]
+    assert p.calls == ["begin", "abort", "begin", "abort"] and log == [1, 1, 1]  # two transactions
+    while writer.threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert writer.threads() == 0
+    writer.close()
 
 
 def test_fence_slots_keeps_a_slot_only_with_both_of_its_producers(monkeypatch):
@@ -777,3 +884,47 @@ def test_a_run_stops_queueing_at_the_write_deadline(monkeypatch, from_messages, 
     fake.produce = lambda *args: (real(*args), clock.__setitem__(0, 107.0))
     sink.produce("mirror", 0, [Record(9 + i, None, b"v", 1, ()) for i in range(2)])
     assert len(fake.produced) == cut_after + 2
+
+
+class _FillerProducer:
+    """The slot's filler producer: each filler lands at the partition's log end offset
+    (`shift` moves where one partition's land), the abort puts a marker after them."""
+
+    def __init__(self, log, shift=None):
+        self.log, self.shift, self.calls, self.sent = log, shift or {}, [], []
+
+    def begin_transaction(self):
+        self.calls.append("begin")
+
+    def produce(self, topic, value, key, partition, timestamp, headers, on_delivery):
+        assert value is None and headers == [("kafka-mirrors.filler", b"1")]
+        self.sent.append((partition, key, on_delivery))
+
+    def flush(self, timeout):
+        for partition, _, cb in self.sent:
+            offset = self.log[partition] + self.shift.get(partition, 0)
+            self.log[partition] += 1
+            cb(None, FakeMessage(offset))
+
+    def abort_transaction(self, timeout):
+        self.calls.append("abort")
+        for p in {p for p, _, _ in self.sent}:
+            self.log[p] += 1
+
+
+def test_aborted_fillers_of_several_partitions_share_one_transaction_and_each_is_checked():
+    from kafka_mirrors.kafka.gaps import GapJob, GapWriter
+    from kafka_mirrors.kafka.partition import END_OF_TIME_MS, FILLER_HEADER, MARKER_REFUSALS
+    log = [10, 20, 30]
+    p = _FillerProducer(log, shift={2: 1})  # partition 2's fillers land one too high
+    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q: None,
+                       MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 0.2)
+    jobs = [GapJob("t", 0, 10, 3, p, fillers=3, key=b"fk"), GapJob("t", 1, 20, 3, p, fillers=1),
+            GapJob("t", 2, 30, 3, p, fillers=2)]
+    writer.write(jobs)
+    assert p.calls == ["begin", "abort"]
+    assert [len([s for s in p.sent if s[0] == q]) for q in range(3)] == [3, 1, 2]
+    assert {k for q, k, _ in p.sent if q == 0} == {b"fk"}  # a compacted mirror's filler key
+    assert (jobs[0].result.assigned_offset, jobs[0].result.error) == (10, None) and log[0] == 14
+    assert (jobs[1].result.assigned_offset, jobs[1].result.error) == (20, None) and log[1] == 22
+    assert jobs[2].result.expected_offset == 30 and jobs[2].result.assigned_offset == 31  # fails the copier

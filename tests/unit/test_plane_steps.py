@@ -18,6 +18,9 @@ class StepCopier:
     def busy(self):
         return self.in_flight > 0
 
+    def gap_planned(self):
+        return False
+
     def step(self, timeout):
         self.steps += 1
         self.in_flight = self.writes_per_step  # what the step sent, not confirmed yet
@@ -249,3 +252,20 @@ def test_a_partition_failure_in_a_step_fails_its_mirror_and_the_turn_goes_on_wit
     failed.clear()
     p._steps(100.0 + tasks.FULL_SCAN_S)
     assert not failed and len(backed) == 1 and "timed out" in backed[0]
+
+
+def test_the_gate_other_threads_ask_takes_no_command():
+    """The gap threads ask gate_open; the inbox is the copy thread's alone (a fresh command
+    taken by another thread could put a stop behind later commands)."""
+    import math
+    import time
+    p, feed, m = plane(1)
+    p.state_fresh_s, p._waiting_cmds = 3.0, ()
+    p.state_fresh_at = time.monotonic() - 10  # stale
+    p.inbox.put(tasks.Command("fresh", at=time.monotonic()))
+    assert not p.gate_open("m", 0)
+    assert not p.inbox.empty() and p._waiting_cmds == ()  # untouched
+    assert p.write_deadline() > time.monotonic()  # the copy thread's own ask takes it
+    assert p.inbox.empty() and p.gate_open("m", 0)
+    p.ownership = type("Some", (), {"owned": frozenset(), "lease_until": math.inf})()
+    assert not p.gate_open("m", 0)  # its slot is not this worker's
