@@ -55,5 +55,11 @@ class KafkaOperationError(KafkaMirrorsError):
     """A Kafka request failed for another reason (error code in the message)."""
 
 
+class NotWriting(KafkaOperationError):
+    """This worker may not write now (its group lease lapsed, its slot moved, or its view
+    of the state store is not fresh): nothing is wrong with the mirror, and copying goes
+    on once it may write again."""
+
+
 class ReplicationError(KafkaMirrorsError):
     """The copy broke one of its invariants (offset mismatch, foreign write, ...)."""

@@ -36,7 +36,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError, KafkaUnavailableError
+from kafka_mirrors.errors import KafkaMirrorsError, KafkaOperationError, KafkaUnavailableError, NotWriting
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
 from kafka_mirrors.kafka.gaps import GapJob, GapWriter
@@ -928,8 +928,8 @@ class SinkProducers:
         renewed); raises if this worker may not write now."""
         until = self.write_deadline()
         if time.monotonic() >= until:
-            raise KafkaOperationError(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
-                                      f"group lease ended or its view of the state store is not fresh)")
+            raise NotWriting(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
+                             f"group lease ended or its view of the state store is not fresh)")
         return until
 
     def _produce_when_room(self, topic, value, key, partition, timestamp, headers, cb) -> None:
@@ -938,8 +938,8 @@ class SinkProducers:
             # may still write the partition (worker/membership.py: its lease, its slot)
             self.producer.poll(0.05)
             if not self.may_write(topic, partition):
-                raise KafkaOperationError(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
-                                          f"group lease ended or its slot moved)")
+                raise NotWriting(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
+                                 f"group lease ended or its slot moved)")
             try:
                 self.producer.produce(topic, value, key, partition, cb, None, timestamp, headers)
                 return
@@ -1062,9 +1062,8 @@ class SinkProducers:
         deadline = time.monotonic() + GATE_WAIT_S
         while not self.gate_open(topic, partition):
             if time.monotonic() >= deadline:
-                raise KafkaOperationError(f"{self.label}: no longer writing {topic}-{partition} (this worker's "
-                                          f"group lease ended, its slot moved or its view of the state store "
-                                          f"is not fresh)")
+                raise NotWriting(f"{self.label}: no longer writing {topic}-{partition} (this worker's group "
+                                 f"lease ended, its slot moved or its view of the state store is not fresh)")
             time.sleep(0.01)
 
     def gap_result(self, job: GapJob) -> Confirmation | None:

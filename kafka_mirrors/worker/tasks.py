@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaException
 
 from kafka_mirrors import state as st
-from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError
+from kafka_mirrors.errors import KafkaMirrorsError, NotFoundError, NotWriting
 from kafka_mirrors.kafka import topics as kt
 from kafka_mirrors.kafka.admin import Admin, await_result
 from kafka_mirrors.kafka.partition import (
@@ -53,6 +53,9 @@ copy_log = logging.getLogger("kafka_mirrors.copy")
 
 BACKOFF_MIN_S = 1.0
 BACKOFF_MAX_S = 30.0
+# a mirror that went this long without backing off starts again from BACKOFF_MIN_S (the
+# back-off never came down before: after five in a worker's life, every one was 30 s)
+BACKOFF_RESET_S = 60.0
 REPORT_S = 2.0          # how often the plane publishes its progress view
 START_BUDGET_S = 0.05   # partition starts per turn stop after this long (commands come first)
 READ_AHEAD = 64         # partitions whose slots are fenced and offsets read together before they start
@@ -143,6 +146,7 @@ class _Mirror:
     stop_failed: Event | None = None     # the FAILED to record once the stop settled
     restart_at: float | None = None      # backing off until then
     backoff: float = BACKOFF_MIN_S
+    backed_off_at: float = -math.inf  # monotonic: the last back-off (not counting NotWriting)
     error: str | None = None             # the last error that backed it off
     partitions: int = 0                  # the destination's partitions as the producer knows them
     new_partitions_at: float = 0.0       # when to look again whether the producer knows new ones
@@ -786,6 +790,12 @@ class CopyPlane:
                 self._fail(m, p, cause, exc.offset)
                 skip.add(topic)
                 continue
+            except NotWriting as exc:
+                # the gate closed in the middle of the step (the lease lapsed, the view of
+                # the state store went stale): no error; copying goes on once it opens
+                self._back_off(m, f"partition {p}: {exc}", not_writing=True)
+                skip.add(topic)
+                continue
             except (KafkaMirrorsError, KafkaException, BufferError) as exc:
                 if self._destination_topic_gone(m, exc):
                     self._fail(m, p, f"destination topic '{topic}' was deleted ({exc})", None)
@@ -891,11 +901,20 @@ class CopyPlane:
         self._begin_stop(m, "failed", ack=False)
         m.stop_failed = Event("failed", topic, partition=partition, offset=offset, error=error)
 
-    def _back_off(self, m: _Mirror, error: str) -> None:
+    def _back_off(self, m: _Mirror, error: str, not_writing: bool = False) -> None:
         """This mirror alone stops now (its writes settle) and starts again after a back-off,
-        from the destination log end offsets."""
+        from the destination log end offsets. The back-off doubles from BACKOFF_MIN_S to
+        BACKOFF_MAX_S, and starts from BACKOFF_MIN_S again once the mirror went
+        BACKOFF_RESET_S without one. not_writing: the write gate closed (NotWriting), which
+        is not an error: BACKOFF_MIN_S, not doubled, not reported as the mirror's error."""
         topic = m.record.topic
-        log.warning("[%s/%s] %s; copying it starts over in %.0f s", self.name, topic, error, m.backoff)
+        now = time.monotonic()
+        if now - m.backed_off_at >= BACKOFF_RESET_S:
+            m.backoff = BACKOFF_MIN_S
+        if not_writing:
+            log.info("[%s/%s] %s; copying it starts again once this worker may write", self.name, topic, error)
+        else:
+            log.warning("[%s/%s] %s; copying it starts over in %.0f s", self.name, topic, error, m.backoff)
         self._remember_hw(m)
         for task in m.tasks.values():
             task.source.release()
@@ -904,8 +923,12 @@ class CopyPlane:
         # the old copiers stay until their writes settled (_restart_due): no wait here
         m.to_start = []
         m.starts_at, m.start_backoff = 0.0, BACKOFF_MIN_S  # a restart starts afresh
+        if not_writing:
+            m.restart_at = now + BACKOFF_MIN_S
+            return
         m.error = error
-        m.restart_at = time.monotonic() + m.backoff
+        m.restart_at = now + m.backoff
+        m.backed_off_at = now
         m.backoff = min(m.backoff * 2, BACKOFF_MAX_S)
         self.outbox.put(Event("backoff", topic, error=error))
 

@@ -928,3 +928,17 @@ def test_aborted_fillers_of_several_partitions_share_one_transaction_and_each_is
     assert (jobs[0].result.assigned_offset, jobs[0].result.error) == (10, None) and log[0] == 14
     assert (jobs[1].result.assigned_offset, jobs[1].result.error) == (20, None) and log[1] == 22
     assert jobs[2].result.expected_offset == 30 and jobs[2].result.assigned_offset == 31  # fails the copier
+
+
+def test_a_gap_thread_waits_a_moment_for_a_closed_gate_then_writes_nothing(monkeypatch):
+    from kafka_mirrors.errors import NotWriting
+    from kafka_mirrors.kafka import partition
+    s = producers(FakeProducer())
+    opens_at = time.monotonic() + 0.1
+    s.gate_open = lambda topic, p: time.monotonic() >= opens_at  # the copy thread renews it
+    s._gap_gate("t", 0)
+    assert time.monotonic() >= opens_at
+    monkeypatch.setattr(partition, "GATE_WAIT_S", 0.05)
+    s.gate_open = lambda topic, p: False
+    with pytest.raises(NotWriting, match="no longer writing t-0"):
+        s._gap_gate("t", 0)

@@ -254,6 +254,75 @@ def test_a_partition_failure_in_a_step_fails_its_mirror_and_the_turn_goes_on_wit
     assert not failed and len(backed) == 1 and "timed out" in backed[0]
 
 
+class _Released:
+    def release(self):
+        pass
+
+
+def backing_plane(monkeypatch, now):
+    p, feed, m = plane(2)
+    p.outbox, p.source_hw = queue.SimpleQueue(), {}
+    p._remember_hw = lambda mirror: None
+    p._settle_or_fail = lambda mirror: False
+    for task in m.tasks.values():
+        task.source = _Released()
+    monkeypatch.setattr(tasks.time, "monotonic", lambda: now[0])
+    return p, m
+
+
+def events(p):
+    out = []
+    while not p.outbox.empty():
+        out.append(p.outbox.get())
+    return out
+
+
+def test_a_closed_write_gate_restarts_the_mirror_soon_and_is_no_error(monkeypatch):
+    """A gate that closed mid-step (the lease lapsed, the view of the state store went
+    stale: NotWriting) is not a failure of the mirror: it starts again after
+    BACKOFF_MIN_S, its back-off does not double, and no error is reported for it."""
+    now = [1000.0]
+    p, m = backing_plane(monkeypatch, now)
+    for _ in range(3):
+        m.restart_at = None
+        p._back_off(m, "partition 0: no longer writing", not_writing=True)
+        assert m.restart_at == now[0] + tasks.BACKOFF_MIN_S
+    assert m.backoff == tasks.BACKOFF_MIN_S and m.error is None and events(p) == []
+    p._back_off(m, "partition 0: broker down")
+    assert m.restart_at == now[0] + tasks.BACKOFF_MIN_S and m.backoff == 2 * tasks.BACKOFF_MIN_S
+    assert [e.kind for e in events(p)] == ["backoff"] and m.error == "partition 0: broker down"
+
+
+def test_the_back_off_starts_small_again_after_a_quiet_minute(monkeypatch):
+    """It doubled up to 30 s and never came down: after five back-offs in a worker's life,
+    every later one cost 30 s of copying."""
+    now = [1000.0]
+    p, m = backing_plane(monkeypatch, now)
+    waits = []
+    for _ in range(7):
+        p._back_off(m, "partition 0: broker down")
+        waits.append(m.restart_at - now[0])
+        now[0] += 1.0
+    assert waits == [1, 2, 4, 8, 16, 30, 30]
+    now[0] += tasks.BACKOFF_RESET_S
+    p._back_off(m, "partition 0: broker down")
+    assert m.restart_at - now[0] == tasks.BACKOFF_MIN_S
+
+
+def test_a_not_writing_step_backs_off_quietly(monkeypatch):
+    from kafka_mirrors.errors import NotWriting
+    p, feed, m = plane(2)
+    backed = []
+    p._back_off = lambda mirror, why, not_writing=False: backed.append((why, not_writing))
+
+    def closed(timeout):
+        raise NotWriting("no longer writing m-0")
+    m.tasks[0].copier.step = closed
+    feed.ready.update({("src", 0)})
+    p._steps(100.0)
+    assert backed == [("partition 0: no longer writing m-0", True)]
+
+
 def test_the_gate_other_threads_ask_takes_no_command():
     """The gap threads ask gate_open; the inbox is the copy thread's alone (a fresh command
     taken by another thread could put a stop behind later commands)."""
