@@ -802,13 +802,18 @@ def test_a_marker_being_written_holds_its_partition_and_nothing_else():
     assert c.progress.counters["marker_transactions"] == 3 and not c.busy()
 
 
-def test_a_marker_that_ended_in_an_error_backs_off_and_the_restart_plans_it_again():
+def record_commit_marker_record() -> FakePartitionLog:
+    """A record in a transaction, its commit marker (a gap of one), a plain record."""
     src = FakePartitionLog()
-    src.append(b"k", b"0", 10)
     t = src.begin()
-    src.append(b"k", b"1", 11, txn=t)
+    src.append(b"k", b"0", 10, txn=t)
     src.commit(t)
-    src.append(b"k", b"3", 13)
+    src.append(b"k", b"2", 12)
+    return src
+
+
+def test_a_marker_that_ended_in_an_error_backs_off_and_the_restart_plans_it_again():
+    src = record_commit_marker_record()
     dst = FakePartitionLog()
     sink = FakeSink(dst)
     c = copier(FakeSource(src), sink)
@@ -828,11 +833,7 @@ def test_a_marker_that_ended_in_an_error_backs_off_and_the_restart_plans_it_agai
 
 
 def test_a_stop_waits_for_the_marker_being_written_and_checks_it():
-    src = FakePartitionLog()
-    t = src.begin()
-    src.append(b"k", b"0", 10, txn=t)
-    src.commit(t)
-    src.append(b"k", b"2", 12)
+    src = record_commit_marker_record()
     dst = FakePartitionLog()
     sink = FakeSink(dst)
     c = copier(FakeSource(src), sink)
