@@ -238,11 +238,12 @@ def worker_view(topic: str, workers: dict[str, dict], now: float,
     beats = [(float(v.get("heartbeat_at") or 0), w) for w, v in candidates.items()]
     if not beats and last_progress_at is None:
         return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": None,
-                "status": "no worker has run", "workers_not_following_state": []}
+                "status": "no worker has run", "workers_not_following_state": [], "workers_not_writing": {}}
     if not beats:
         ago = max(0, int(now - last_progress_at))
         return {"worker_ids": [], "last_heartbeat_at": None, "seconds_since_heartbeat": ago,
-                "status": f"no worker seen for {ago} s", "workers_not_following_state": []}
+                "status": f"no worker seen for {ago} s", "workers_not_following_state": [],
+                "workers_not_writing": {}}
     last, _ = max(beats)
     ago = max(0, int(now - last))
     status = f"no worker seen for {ago} s" if now - last > stale_after else f"last heartbeat {ago} s ago"
@@ -251,9 +252,16 @@ def worker_view(topic: str, workers: dict[str, dict], now: float,
     if blind:
         status += (f"; worker {blind[0]} cannot follow the state store "
                    f"({candidates[blind[0]]['state_store_error']}): it does not see pauses or failovers")
+    # a worker whose view of the state store is not fresh writes nothing (its heartbeat's
+    # not_writing says why): the copy of what it owns waits, it is not lost
+    paused = {w: str(v["not_writing"]) for w, v in sorted(candidates.items())
+              if v.get("not_writing") and now - float(v.get("heartbeat_at") or 0) <= stale_after}
+    if paused:
+        w = next(iter(paused))
+        status += f"; worker {w} is not writing: {paused[w]}"
     return {"worker_ids": sorted(candidates), "last_heartbeat_at": last,
             "seconds_since_heartbeat": ago, "status": status,
-            "workers_not_following_state": blind}
+            "workers_not_following_state": blind, "workers_not_writing": paused}
 
 
 def partition_owners(topic: str, partitions: Iterable[int], workers: dict[str, dict],

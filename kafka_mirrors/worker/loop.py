@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import os
 import queue
 import socket
@@ -395,6 +396,26 @@ class Worker:
                 out[t] = st.format_partition_ranges(parts)
         return out
 
+    def _state_view_age(self) -> float | None:
+        """Seconds since the copy plane's view of the state store was last proved fresh
+        (None: never yet)."""
+        at = self.plane.state_fresh_at
+        return None if at == -math.inf else round(max(0.0, time.monotonic() - at), 1)
+
+    def _not_writing(self) -> str | None:
+        """Why this worker writes nothing now, or None: its view of the state store is not
+        fresh (it waits to have applied what the store says, a failover included), or its
+        group lease does not hold."""
+        age = self._state_view_age()
+        if age is None:
+            return "its view of the state store is not fresh yet (starting)"
+        if age >= STATE_FRESH_S:
+            return (f"its view of the state store is {age:.0f} s old (the state topic's end not read, or "
+                    f"not caught up with)")
+        if not self.membership.lease_ok(time.monotonic()):
+            return f"its group lease does not hold ({self.membership.error or 'no accepted commit yet'})"
+        return None
+
     def _heartbeat(self, final: bool = False) -> None:
         try:
             if final:
@@ -409,6 +430,10 @@ class Worker:
                     "source_unreachable_since": self.source.down_since,
                     "consumer_offset_sync": self.jobs.offset_sync,
                     "state_store_error": self.state_error,
+                    # seconds since its view of the state store was last proved fresh, and
+                    # why it writes nothing now (describe shows it)
+                    "state_view_age_s": self._state_view_age(),
+                    "not_writing": self._not_writing(),
                     # the slots it owns (describe's OWNER), those in their grace, its group lease
                     "slots": sorted(self.membership.owned) if self.membership.lease_ok(time.monotonic()) else [],
                     "slots_waiting": sorted(self.membership.claimable_at),

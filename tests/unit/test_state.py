@@ -605,6 +605,17 @@ def test_worker_view_names_a_worker_that_cannot_follow_the_state_store():
     assert worker_view("orders", workers, NOW)["workers_not_following_state"] == []
 
 
+def test_worker_view_names_a_worker_that_is_not_writing_and_why():
+    why = "its view of the state store is 7 s old (the state topic's end not read, or not caught up with)"
+    workers = {"w1": {"heartbeat_at": NOW - 1, "partitions": [["orders", 0]], "not_writing": None},
+               "w2": {"heartbeat_at": NOW - 1, "partitions": [["orders", 1]], "not_writing": why}}
+    v = worker_view("orders", workers, NOW)
+    assert v["workers_not_writing"] == {"w2": why}
+    assert v["status"].endswith(f"; worker w2 is not writing: {why}")
+    workers["w2"]["heartbeat_at"] = NOW - 600  # a heartbeat that old says nothing of now
+    assert worker_view("orders", workers, NOW)["workers_not_writing"] == {}
+
+
 class _Msg:
     def __init__(self, key=None, value=None, offset=0, err=None, topic="__kafka_mirrors_state"):
         self._k, self._v, self._o, self._e, self._t = key, value, offset, err, topic

@@ -253,3 +253,30 @@ def test_a_fresh_view_is_younger_than_failovers_wait_for_acknowledgements():
     from kafka_mirrors import dr
     assert loop.STATE_FRESH_S < dr.FAILOVER_ACK_WAIT_S
     assert loop.STATE_END_ASK_S < loop.STATE_FRESH_S / 3
+
+
+def test_the_heartbeat_says_why_the_worker_is_not_writing(monkeypatch):
+    """A worker whose view of the state store is stale (or whose group lease lapsed)
+    writes nothing; its heartbeat says so, with the view's age, for describe."""
+    import math
+
+    class Lease:
+        error = None
+        ok = True
+
+        def lease_ok(self, now):
+            return self.ok
+    w = worker(FakeStore({}), {})
+    w.membership = Lease()
+    clock = [500.0]
+    monkeypatch.setattr(loop.time, "monotonic", lambda: clock[0])
+    w.plane.state_fresh_at = -math.inf
+    assert w._state_view_age() is None and "not fresh yet" in w._not_writing()
+    w.plane.state_fresh_at = 499.0
+    assert w._state_view_age() == 1.0 and w._not_writing() is None
+    clock[0] = 499.0 + loop.STATE_FRESH_S + 4
+    assert w._not_writing() == ("its view of the state store is 7 s old (the state topic's end not read, "
+                                "or not caught up with)")
+    w.plane.state_fresh_at = clock[0]
+    w.membership.ok, w.membership.error = False, "commit refused: REBALANCE_IN_PROGRESS"
+    assert w._not_writing() == "its group lease does not hold (commit refused: REBALANCE_IN_PROGRESS)"
