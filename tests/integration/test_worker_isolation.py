@@ -445,8 +445,13 @@ def test_stop_acknowledged_promptly_during_a_long_write(mirroring, cli, source, 
             topic = source.create_topic(unique("iso-big"), partitions=1,
                                         config={"max.message.bytes": str(4 * MIB)})
             mt.produce_records(source, topic, _big_records(n), partitions=1)
-            mirroring.mirror(topic)
+            # the worker is live (a fresh heartbeat: failover waits for it) before the mirror
+            # exists: waiting for that after the copy began let a loaded machine copy the whole
+            # backlog first (CI run of 2026-12-04 on a busy machine)
             worker = mirroring.start_worker()
+            mt.wait_until(lambda: _heartbeat_at(mirroring, worker), 30, "the worker's first heartbeat",
+                          interval=0.1)
+            mirroring.mirror(topic)
             c = destination.consumer()
             try:
                 tp = TopicPartition(topic, 0)
@@ -454,7 +459,6 @@ def test_stop_acknowledged_promptly_during_a_long_write(mirroring, cli, source, 
                               f"the copy of {topic} to begin", interval=0.01)
             finally:
                 c.close()
-            _wait_live_worker_for(mirroring, topic)
             at_start = _ends(destination, topic)
             point = _failover_and_check(mirroring, cli, worker, topic)
             print(f"destination log end offset when failover began {at_start[0]}, at the failover "
