@@ -223,19 +223,37 @@ class GapWriter:
         self._check(todo, reports)
 
     def _transaction(self, p: Producer, todo: list[GapJob], reporter) -> None:
+        """Begin, produce, flush, abort. `todo` is left holding the jobs whose records were
+        (at least partly) produced: a produce refused locally in the middle (librdkafka
+        takes no more records once a refusal put the transaction in an abortable state,
+        or its queue is full) fails the jobs not begun, and the transaction is aborted all
+        the same, so the markers of those begun land where planned (a job that produced
+        only some of its fillers leaves the rest of its gap for the restart to plan)."""
         for job in todo:
-            self._gate(job.topic, job.partition)  # again, after the lock: all or none
+            # again, after the lock, without waiting: the copy thread that renews the gate
+            # may be waiting for this lock (commit_one)
+            self._gate(job.topic, job.partition, False)
         self.transactions += 1
         p.begin_transaction()
         now_ms = int(time.time() * 1000)
-        for job in todo:
-            if job.fillers:
-                for i in range(job.fillers):
-                    p.produce(job.topic, None, job.key, partition=job.partition, timestamp=now_ms,
-                              headers=[(self._header, b"1")], on_delivery=reporter(job, job.offset + i))
-            else:
-                p.produce(job.topic, None, None, partition=job.partition, timestamp=self._end_of_time_ms,
-                          headers=[(self._header, b"marker")], on_delivery=reporter(job, job.offset))
+        begun = 0
+        try:
+            for job in todo:
+                begun += 1
+                if job.fillers:
+                    for i in range(job.fillers):
+                        p.produce(job.topic, None, job.key, partition=job.partition, timestamp=now_ms,
+                                  headers=[(self._header, b"1")], on_delivery=reporter(job, job.offset + i))
+                else:
+                    p.produce(job.topic, None, None, partition=job.partition, timestamp=self._end_of_time_ms,
+                              headers=[(self._header, b"marker")], on_delivery=reporter(job, job.offset))
+        except Exception as exc:  # noqa: BLE001 - the jobs not begun fail; the begun are aborted below
+            for job in todo[begun:]:
+                job.fail(KafkaOperationError(f"{job.topic}-{job.partition}: the gap transaction at offset "
+                                             f"{job.offset} was not begun ({exc})"))
+            # the job whose produce raised may have produced part of its records: its
+            # reports say what (a marker-only job with none fails as "no delivery report")
+            del todo[begun:]
         # flush before the abort: an abort purges what was not sent, and a partition whose
         # record was never sent may not have been added to the transaction
         p.flush(FLUSH_S)

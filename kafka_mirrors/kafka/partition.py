@@ -827,7 +827,7 @@ class SinkProducers:
         self._callbacks: dict[tuple[str, int], object] = {}
         # gap transactions written off the copy thread (kafka/gaps.py): the writer is
         # made with the first one; a partition's job until its copier took it
-        self._gap_writer: MarkerWriter | None = None
+        self._gap_writer: GapWriter | None = None
         self._gap_jobs: dict[tuple[str, int], GapJob] = {}
         self._txn_locks: dict[int, threading.Lock] = {}
 
@@ -1054,12 +1054,12 @@ class SinkProducers:
             lock = self._txn_locks[k] = threading.Lock()
         return lock
 
-    def _gap_gate(self, topic: str, partition: int) -> None:
+    def _gap_gate(self, topic: str, partition: int, wait: bool = True) -> None:
         """In the gap thread, before its transaction, as still_writing before any write:
         through gate_open, which reads and takes nothing (may_write and write_deadline take
         the copy thread's commands). A gate the copy thread is about to renew (its "fresh"
         commands wait for the step it is in) is waited for, GATE_WAIT_S at most."""
-        deadline = time.monotonic() + GATE_WAIT_S
+        deadline = time.monotonic() + (GATE_WAIT_S if wait else 0.0)
         while not self.gate_open(topic, partition):
             if time.monotonic() >= deadline:
                 raise NotWriting(f"{self.label}: no longer writing {topic}-{partition} (this worker's group "
@@ -1351,8 +1351,9 @@ class KafkaPartitionSink:
             e = expected.popleft()
             results.append(Confirmation(e, None, err.str()) if err else Confirmation(e, msg.offset()))
 
-        self.producers.still_writing(self.topic, self.partition)
         with self.producers.txn_lock(self.producers.slot(self.topic, self.partition)):
+            # inside the lock: a gap thread may have held it for seconds
+            self.producers.still_writing(self.topic, self.partition)
             p.begin_transaction()
             for r in records:
                 p.produce(self.topic, r.value, r.key, partition=self.partition, timestamp=r.timestamp,

@@ -146,7 +146,7 @@ class _Mirror:
     stop_failed: Event | None = None     # the FAILED to record once the stop settled
     restart_at: float | None = None      # backing off until then
     backoff: float = BACKOFF_MIN_S
-    backed_off_at: float = -math.inf  # monotonic: the last back-off (not counting NotWriting)
+    backed_off_at: float = -math.inf  # monotonic: the restart after the last back-off (not NotWriting)
     error: str | None = None             # the last error that backed it off
     partitions: int = 0                  # the destination's partitions as the producer knows them
     new_partitions_at: float = 0.0       # when to look again whether the producer knows new ones
@@ -928,7 +928,7 @@ class CopyPlane:
             return
         m.error = error
         m.restart_at = now + m.backoff
-        m.backed_off_at = now
+        m.backed_off_at = m.restart_at  # the quiet minute counts from the restart
         m.backoff = min(m.backoff * 2, BACKOFF_MAX_S)
         self.outbox.put(Event("backoff", topic, error=error))
 

@@ -644,7 +644,7 @@ def write_markers(log, producer, offsets=(7,), gate=None):
 
     def ends(tps):
         return {(t, p): log[p] for t, p in tps}
-    writer = GapWriter("[l]", ends, gate or (lambda t, p: None), MARKER_REFUSALS, FILLER_HEADER,
+    writer = GapWriter("[l]", ends, gate or (lambda t, p, wait=True: None), MARKER_REFUSALS, FILLER_HEADER,
                           END_OF_TIME_MS, wait_s=0.2)
     jobs = [GapJob("t", p, o, 3, producer) for p, o in enumerate(offsets)]
     try:
@@ -714,9 +714,9 @@ class _BatchProducer:
 
     def produce(self, topic, value, key, partition, timestamp, headers, on_delivery):
         from confluent_kafka import KafkaException
+        if self.fail_on is not None and len(self.sent) >= self.fail_on:
+            raise KafkaException("Operation not valid in state AbortableError")
         self.sent.append((partition, on_delivery))
-        if self.fail_on == "produce":
-            raise KafkaException("fenced")
 
     def flush(self, timeout):
         for _, cb in self.sent:
@@ -740,7 +740,7 @@ def test_a_batch_leaves_out_a_partition_that_may_not_be_written_and_names_one_an
     from kafka_mirrors.errors import KafkaOperationError
     log = [7, 4, 0]  # partition 1: another write landed at 3
 
-    def gate(topic, partition):
+    def gate(topic, partition, wait=True):
         if partition == 2:
             raise KafkaOperationError("no longer writing t-2")
     p = _BatchProducer(log)
@@ -751,13 +751,37 @@ def test_a_batch_leaves_out_a_partition_that_may_not_be_written_and_names_one_an
     assert [part for part, _ in p.sent] == [0, 1]
 
 
+@pytest.mark.parametrize("fail_on", [0, 1], ids=["first-produce", "second-produce"])
+def test_a_produce_refused_mid_batch_aborts_the_transaction_and_keeps_what_was_begun(fail_on):
+    """librdkafka takes no more records once a refusal came back (the transaction is then
+    abortable): the first partition's refusal could beat the second partition's produce.
+    The transaction is aborted all the same, the jobs begun are checked as usual, those
+    not begun fail (not as fenced: nothing is wrong with the producer)."""
+    from kafka_mirrors.errors import KafkaOperationError
+    log = [7, 3]
+    p = _BatchProducer(log, fail_on=fail_on)
+    jobs = write_markers(log, p, offsets=(7, 3))
+    assert p.calls == ["begin", "abort"] and all(j.done and not j.fenced for j in jobs)
+    assert isinstance(jobs[1].error, KafkaOperationError) and log[1] == 3  # nothing of it landed
+    if fail_on == 0:
+        assert "no delivery report" in str(jobs[0].error) and log[0] == 7
+        assert "not begun" in str(jobs[1].error)
+    else:
+        assert (jobs[0].result.assigned_offset, jobs[0].result.error) == (7, None) and log[0] == 8
+        assert "no delivery report" in str(jobs[1].error)  # its produce was the one refused
+
+
 def test_a_producer_error_in_a_marker_batch_fails_every_job_as_fenced():
     from kafka_mirrors.kafka.gaps import GapJob, GapWriter
     from kafka_mirrors.kafka.partition import END_OF_TIME_MS, FILLER_HEADER, MARKER_REFUSALS
     log = [7, 3]
-    p = _BatchProducer(log, fail_on="produce")
-    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q: None,
-                          MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 0.2)
+
+    class Fenced(_BatchProducer):
+        def abort_transaction(self, timeout):
+            raise __import__("confluent_kafka").KafkaException("PRODUCER_FENCED")
+    p = Fenced(log)
+    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q, wait=True: None,
+                       MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 0.2)
     jobs = [GapJob("t", q, o, 3, p) for q, o in enumerate((7, 3))]
     for j in jobs:
         writer.submit(j)  # the slot's thread writes them
@@ -786,7 +810,7 @@ def test_the_slot_thread_batches_what_waits_and_ends_when_idle(monkeypatch):
             self.sent = []
             release.wait(5)
     p = Slow(log)
-    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q: None,
+    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q, wait=True: None,
                           MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 2.0)
     first = GapJob("t", 0, 0, 3, p)
     writer.submit(first)
@@ -917,7 +941,7 @@ def test_aborted_fillers_of_several_partitions_share_one_transaction_and_each_is
     from kafka_mirrors.kafka.partition import END_OF_TIME_MS, FILLER_HEADER, MARKER_REFUSALS
     log = [10, 20, 30]
     p = _FillerProducer(log, shift={2: 1})  # partition 2's fillers land one too high
-    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q: None,
+    writer = GapWriter("[l]", lambda tps: {(t, q): log[q] for t, q in tps}, lambda t, q, wait=True: None,
                        MARKER_REFUSALS, FILLER_HEADER, END_OF_TIME_MS, 0.2)
     jobs = [GapJob("t", 0, 10, 3, p, fillers=3, key=b"fk"), GapJob("t", 1, 20, 3, p, fillers=1),
             GapJob("t", 2, 30, 3, p, fillers=2)]

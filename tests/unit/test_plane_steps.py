@@ -304,7 +304,10 @@ def test_the_back_off_starts_small_again_after_a_quiet_minute(monkeypatch):
         waits.append(m.restart_at - now[0])
         now[0] += 1.0
     assert waits == [1, 2, 4, 8, 16, 30, 30]
-    now[0] += tasks.BACKOFF_RESET_S
+    now[0] += tasks.BACKOFF_RESET_S  # from the last back-off, not from its restart (30 s later)
+    p._back_off(m, "partition 0: broker down")
+    assert m.restart_at - now[0] == 30
+    now[0] = m.restart_at + tasks.BACKOFF_RESET_S  # a quiet minute after the restart
     p._back_off(m, "partition 0: broker down")
     assert m.restart_at - now[0] == tasks.BACKOFF_MIN_S
 
