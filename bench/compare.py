@@ -116,17 +116,17 @@ def workloads(quick: bool, scale: float) -> list[Workload]:
     out = [
         Workload("1k", "1 KiB x 6 partitions", n(300_000, 60_000), latency_mb_s=5.0),
         Workload("100b", "100 B x 6 partitions", n(300_000, 50_000), size=100),
-        Workload("64k", "64 KiB x 6 partitions", n(2_000, 500), size=65536),
-        Workload("200p", "1 KiB x 200 partitions, 0.2 MB/s", n(8_000, 2_000), partitions=200,
+        Workload("64k", "64 KiB x 6 partitions", n(6_000, 500), size=65536),
+        Workload("200p", "1 KiB x 200 partitions, 0.2 MB/s", n(24_000, 2_000), partitions=200,
                  latency_mb_s=0.2),
         # batches must fit the 1 MiB segments that let the cleaner compact most of the log
         Workload("compact", "compacted, 1 KiB, 1/20 keys live", n(60_000, 20_000), topic_config=compact,
                  producer={"batch.size": 256 * 1024}),
-        Workload("txn", "transactional, 1 KiB, 1 in 10 aborted", n(50_000, 20_000), txn_records=500,
+        Workload("txn", "transactional, 1 KiB, 1 in 10 aborted", n(100_000, 20_000), txn_records=500,
                  abort_every=10),
-        Workload("zstd", "zstd-compressed text, 1 KiB", n(60_000, 20_000), producer={"compression.type": "zstd"},
+        Workload("zstd", "zstd-compressed text, 1 KiB", n(200_000, 20_000), producer={"compression.type": "zstd"},
                  compressible=True),
-        Workload("1k-far", "1 KiB x 6, 50 ms RTT to source", n(40_000, 20_000), latency_mb_s=5.0, far=True),
+        Workload("1k-far", "1 KiB x 6, 50 ms RTT to source", n(200_000, 20_000), latency_mb_s=5.0, far=True),
     ]
     for w in out:
         if w.name == "compact":
@@ -328,6 +328,9 @@ class Row:
     p99_ms: float | None = None
     cpu_us: float | None = None
     dst_broker_us: float | None = None
+    src_broker_us: float | None = None
+    machine_us: float | None = None  # every process on the machine, per record copied
+    cores_busy: float | None = None  # CPUs busy (all processes) over the copy window
     rss_mib: float | None = None
     identical: float | None = None   # share of the copied records that sit at their source offset
     missing: int | None = None       # source records (read before the copy) not on the destination
@@ -648,7 +651,12 @@ class Bench:
         topic = self.dst.create_topic(f"raw-{wl.name}", wl.partitions)
         row = Row(wl.label, "raw producer -> destination (ceiling)")
         brokers0 = {name: b.cpu() for name, b in cr.BROKERS.items()}
+        machine0 = cr.MACHINE.cpu()
         loaded = load(self.dst, topic, wl, self.warmup_dst, transactional=False)
+        machine1 = cr.MACHINE.cpu()
+        if machine0 is not None and machine1 is not None:
+            row.machine_us = (machine1 - machine0) * 1e6 / wl.records
+            row.cores_busy = (machine1 - machine0) / loaded.seconds
         row.records_per_s = wl.records / loaded.seconds
         row.mb_per_s = row.records_per_s * wl.size / MB
         row.cpu_us = loaded.cpu_seconds * 1e6 / wl.records
@@ -711,7 +719,12 @@ class Bench:
             row.records_per_s = n / secs if secs > 0 else None
             row.mb_per_s = row.records_per_s * wl.size / MB if row.records_per_s else None
             row.cpu_us = cr.cpu_per_record(probe, readable, first_records)
-            row.dst_broker_us = cr.brokers_per_record(readable, first_records).get("cmp-destination")
+            brokers = cr.brokers_per_record(readable, first_records)
+            row.dst_broker_us = brokers.get("cmp-destination")
+            row.src_broker_us = brokers.get("cmp-source")
+            row.machine_us = cr.cpu_per_record(cr.MACHINE, readable, first_records)
+            if row.machine_us is not None and done > first:
+                row.cores_busy = (cr.MACHINE.cpu_at_done - cr.MACHINE.cpu_at_first_copy) / (done - first)
             log(f"{wl.name} / {copier.system}: {readable:,} records in {done - started:.1f}s "
                 f"({(row.records_per_s or 0):,.0f} records/s)")
             if isinstance(copier, KafkaMirrorsWorker):
@@ -837,6 +850,7 @@ def fmt(v, spec: str) -> str:
 def print_table(rows: list[Row], args) -> None:
     cols = [("workload", 34, "<"), ("system", 36, "<"), ("records/s", 10, ">"), ("MB/s", 7, ">"),
             ("p50 ms", 7, ">"), ("p99 ms", 7, ">"), ("CPU us/rec", 10, ">"), ("dst brk us/rec", 14, ">"),
+            ("src brk us/rec", 14, ">"), ("all CPU us/rec", 14, ">"), ("cores busy", 10, ">"),
             ("peak RSS MiB", 12, ">"), ("same offset", 11, ">"), ("re-read", 8, ">"), ("skipped", 8, ">"),
             ("ours/MM2 tuned", 14, ">"), ("ours/ceiling", 12, ">")]
     head = " ".join(f"{name:{al}{w}}" for name, w, al in cols)
@@ -864,6 +878,7 @@ def print_table(rows: list[Row], args) -> None:
             same = "-" if r.identical is None else f"{r.identical * 100:.1f}%"
             vals = [wl, r.system, fmt(r.records_per_s, ",.0f"), fmt(r.mb_per_s, ".1f"), fmt(r.p50_ms, ".1f"),
                     fmt(r.p99_ms, ".1f"), fmt(r.cpu_us, ".1f"), fmt(r.dst_broker_us, ".1f"),
+                    fmt(r.src_broker_us, ".1f"), fmt(r.machine_us, ".1f"), fmt(r.cores_busy, ".2f"),
                     fmt(r.rss_mib, ".0f"), same, fmt(r.reread, ","), fmt(r.skipped, ","), vs_mm2, vs_ceil]
             print(" ".join(f"{v:{al}{w}}" for v, (_, w, al) in zip(vals, cols)))
     notes = [r for r in rows if (r.extra or r.missing or r.group_note or r.disk or (r.note and not r.note.startswith("not ")))]
@@ -889,6 +904,10 @@ def print_table(rows: list[Row], args) -> None:
     print("Noisy: 2 CPUs shared by both brokers, the copier, this script's clients and other people's tests; "
           "records/s swings from run to run, CPU us/rec (the copier's own process, copy window only) is steadier. "
           "Ceiling CPU us/rec is this script's producer.")
+    print(f"all CPU us/rec: every process on the machine (the copier, both brokers, this script's clients) per "
+          f"record over the copy window, from /proc/stat; cores busy: how many of the {os.cpu_count()} CPUs they "
+          f"kept busy over it. Near {os.cpu_count()} the CPUs held the rate, and the copier's rate can rise only "
+          f"as its all CPU us/rec falls.")
 
 
 # ---------------------------------------------------------------- main

@@ -63,6 +63,29 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BROKERS: dict[str, "ProcessProbe"] = {}
 
 
+class MachineProbe:
+    """CPU time of the whole machine (every process, all CPUs) from /proc/stat, stamped at
+    the first copied record seen and at the last like the process probes: over a copy
+    window it says how many cores were busy, and so whether the CPUs were what held the
+    rate (a profile of the machine, not of one process)."""
+
+    def __init__(self):
+        self.cpu_at_first_copy: float | None = None
+        self.cpu_at_done: float | None = None
+
+    def cpu(self) -> float | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()
+            # cpu user nice system idle iowait irq softirq steal ...: busy = all but idle, iowait
+            ticks = [int(v) for v in fields[1:9]]
+            return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
+        except (OSError, IndexError, ValueError):
+            return None
+
+
+MACHINE = MachineProbe()
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -248,13 +271,13 @@ def wait_for_copy(dst: Offsets, target: dict[int, int], timeout: float, probe: P
             probe.sample()
         if copied and first_seen is None:
             first_seen, first_count = now, copied
-            for b in BROKERS.values():
+            for b in (*BROKERS.values(), MACHINE):
                 b.cpu_at_first_copy = b.cpu()
             if probe:
                 probe.cpu_at_first_copy = probe.cpu()
                 probe.threads_at_first_copy = probe.threads_cpu()
         if all(offsets.get(p, 0) >= end for p, end in target.items()):
-            for b in BROKERS.values():
+            for b in (*BROKERS.values(), MACHINE):
                 b.cpu_at_done = b.cpu()
             if probe:
                 probe.cpu_at_done = probe.cpu()
@@ -470,14 +493,14 @@ class Unavailable(Exception):
 def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, records: int, partitions: int,
                       latency_seconds: float, mb_s: float, size: int, timeout: float,
                       profile: str | None = None, bulk_topic: str = BULK_TOPIC,
-                      link: str = LINK) -> tuple[Rate, Latency]:
+                      link: str = LINK, py_spy: str | None = None) -> tuple[Rate, Latency]:
     rate = Rate("kafka-mirrors (1 worker)" + (" under cProfile" if profile else ""), records)
     lat = Latency("kafka-mirrors", target_mb_s=mb_s)
     if not shutil.which(exe):
         rate.unavailable = lat.unavailable = f"{exe} not found"
         return rate, lat
     km = KafkaMirrors(exe, workdir, profile, link)
-    worker = None
+    worker = spy = None
     try:
         km.must("link", "create", link, "--source", src.bootstrap, "--destination", dst.bootstrap)
         km.must("mirror", "create", bulk_topic, "--link", link)
@@ -488,6 +511,17 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
             worker = subprocess.Popen(km.worker_command(),
                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
         probe = ProcessProbe(worker.pid)
+        if py_spy:
+            # a sampling profile of the worker's Python threads as it runs, with the C frames
+            # under them (--native, which needs py-spy to stop the process for each sample:
+            # at 100 samples a second that costs far less than cProfile's per-call hooks).
+            # librdkafka's own threads run no Python and are not sampled: the per-thread CPU
+            # line covers them. It ends when the worker exits.
+            spy = subprocess.Popen(["py-spy", "record", "--native", "--threads",
+                                    "--rate", "100", "--format", "raw", "--output", py_spy,
+                                    "--pid", str(worker.pid)],
+                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
 
         def alive() -> None:
             if worker.poll() is not None:
@@ -539,10 +573,56 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
                 log("kafka-mirrors run ignored SIGTERM for 30s; killing it")
                 worker.kill()
                 worker.wait(10)
+        if spy is not None:
+            try:
+                spy.wait(30)  # it writes its profile once the worker is gone
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait(10)
     return rate, lat
 
 
 # ---------------------------------------------------------------- report
+
+def py_spy_summary(path: str, focus: str = "copy-", top: int = 15) -> list[str]:
+    """What a py-spy raw profile ('thread (tid): name;frame;...;frame count' per line) says:
+    the share of samples per thread, then for the copy thread (name starting with `focus`)
+    the leaf frames (self) and the frames on its stack (total), as shares of its samples."""
+    threads: dict[str, int] = {}
+    leaf: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = focused = 0
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError as e:
+        return [f"py-spy profile {path}: {e}"]
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        name = frames[0].partition(": ")[2] or frames[0]
+        samples += n
+        threads[name] = threads.get(name, 0) + n
+        if not name.startswith(focus):
+            continue
+        focused += n
+        leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+        for f in set(frames[1:]):
+            total[f] = total.get(f, 0) + n
+    if not samples:
+        return [f"py-spy profile {path}: no samples"]
+
+    def share(d: dict[str, int], of: int) -> list[str]:
+        return [f"  {n * 100 / of:5.1f}%  {f}" for f, n in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+    out = [f"py-spy profile of the worker's Python threads ({samples:,} samples, {path}); samples by thread:"]
+    out += share(threads, samples)
+    if focused:
+        out += [f"the copy thread ({focused:,} samples): leaf frames (self)"] + share(leaf, focused)
+        out += ["the copy thread: frames on the stack (total)"] + share(total, focused)
+    return out
+
 
 def not_measured(system: str, reason: str) -> str:
     if reason.startswith("skipped"):
@@ -685,6 +765,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-profile", metavar="PATH",
                     help="run the kafka-mirrors worker under cProfile and write its stats to PATH "
                          "(read with python -m pstats; that run's numbers are not comparable)")
+    ap.add_argument("--worker-py-spy", metavar="PATH",
+                    help="sample the kafka-mirrors worker's Python threads with py-spy (on PATH; --native) "
+                         "and write its collapsed stacks to PATH; the top frames are printed after the table")
     ap.add_argument("--rounds", type=int, default=1,
                     help="after the first round, repeat raw producer + kafka-mirrors on fresh topics "
                          "this many times in all and print each ratio (other load on the machine "
@@ -744,7 +827,7 @@ def main(argv: list[str] | None = None) -> int:
         log("kafka-mirrors")
         r, lat = run_kafka_mirrors(args.kafka_mirrors, workdir, src, dst, args.records, args.partitions,
                                    args.latency_seconds, args.mb_per_s, args.record_size, args.timeout,
-                                   args.worker_profile)
+                                   args.worker_profile, py_spy=args.worker_py_spy)
         rates.append(r)
         latencies.append(lat)
         verified = None
@@ -765,6 +848,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n{verified}")
         if args.rounds > 1:
             print_rounds(rounds)
+        if args.worker_py_spy:
+            print()
+            print("\n".join(py_spy_summary(args.worker_py_spy)))
         print(f"\nclusters: Apache Kafka 4.1.1, single node each, 127.0.0.1; {os.cpu_count()} CPUs; "
               f"worker log and registry in {workdir}")
         return 0
