@@ -210,15 +210,22 @@ class GroupReader:
         self.consumer.assign([TopicPartition(t, p, 0) for t, n in topics.items() for p in range(n)])
         self.read = 0
         self.commits = 0
+        # every offset it committed, per (topic, partition): a group offset on the
+        # destination must be one of these (or lowered to the failover point)
+        self.committed: dict[tuple[str, int], set[int]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="fault-group")
 
     def _commit(self) -> None:
         try:
+            positions = self.consumer.position(self.consumer.assignment())
             self.consumer.commit(asynchronous=False)
             self.commits += 1
         except KafkaException:
-            pass  # nothing read yet, or the source is away: next time
+            return  # nothing read yet, or the source is away: next time
+        for tp in positions:
+            if tp.offset >= 0:
+                self.committed.setdefault((tp.topic, tp.partition), set()).add(tp.offset)
 
     def _run(self) -> None:
         last = time.monotonic()
@@ -254,6 +261,28 @@ def check_group_synced(source, destination, group: str, topics: dict[str, int], 
         got = {t: committed(destination, group, t, n) for t, n in topics.items()}
         raise AssertionError(f"{exc}: source {want}, destination {got}\n{log()[-3000:]}") from None
     return want
+
+
+def check_group_after_failover(destination, group: str, topics: dict[str, int], points: dict[str, dict[int, int]],
+                                reader: GroupReader) -> dict[str, int]:
+    """After a failover: the group's offset on the destination, for every partition, is
+    one the group committed on the source (offsets are the same on both clusters), or
+    lower than one it committed (offset sync lowers an offset the copy had not reached
+    yet to the destination's log end offset), and never past the failover point: a
+    consumer moved across never skips a record the destination holds. Returns how many
+    partitions were checked, and how many sat at an offset committed on the source."""
+    out = {"partitions": 0, "exact": 0}
+    for t, n in topics.items():
+        got = committed(destination, group, t, n)
+        assert len(got) == n, f"group {group}: {t} has offsets on the destination for {sorted(got)} of {n} partitions"
+        for p, d in got.items():
+            mine = reader.committed.get((t, p), set())
+            assert d <= points[t][p], f"group {group}: {t}-{p} at {d} on the destination, past the failover point {points[t][p]}"
+            assert d in mine or any(o > d for o in mine), \
+                f"group {group}: {t}-{p} at {d} on the destination, past every offset the group committed on the source"
+            out["partitions"] += 1
+            out["exact"] += d in mine
+    return out
 
 
 # ------------------------------------------------------------------ comparison

@@ -245,8 +245,10 @@ def test_source_broker_restarted_then_unreachable_under_load(own_cluster, own_mi
         reader.stop()
     finish(m, topics, flow, local_kafka.state_dir, "source-restart", 1, group)
 
-    # 2. unreachable for a while: describe says so, then ACTIVE again, nothing lost
+    # 2. unreachable for a while: describe says so, then ACTIVE again, nothing lost, and
+    # the group's offsets (committed before, during and after the outage) synced
     flow = fx.Flow(src, topics, seed=42).start()
+    reader = fx.GroupReader(src, group, {t: n for t, (_k, n) in topics.items()}).start()
     seen: list[str] = []
     try:
         fx.wait_copying(m, w, topics)
@@ -266,6 +268,8 @@ def test_source_broker_restarted_then_unreachable_under_load(own_cluster, own_mi
         time.sleep(1.0)
     finally:
         flow.stop()
+        reader.stop()
     assert seen == ["SOURCE_UNAVAILABLE", st.ACTIVE]
-    finish(m, topics, flow, local_kafka.state_dir, "source-unreachable", 1, outage_s=outage_s)
+    assert reader.commits > 0, "the group reader committed nothing"
+    finish(m, topics, flow, local_kafka.state_dir, "source-unreachable", 1, group, outage_s=outage_s)
     assert w.poll() is None

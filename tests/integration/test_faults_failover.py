@@ -28,7 +28,7 @@ from kafka_mirrors import state as st
 from tests import faults as fx
 from tests import mirrortools as mt
 from tests.faults import PLAIN, TXN
-from tests.integration.test_faults import _statuses, own_cluster, own_mirroring  # noqa: F401
+from tests.integration.test_faults import _statuses, own_cluster, own_mirroring, sync_offsets  # noqa: F401
 from tests.integration.test_faults_network import (PROXY, _both_ways, _topics, _unpoison,  # noqa: F401
                                                    net, proxied_source)
 from tests.mirroring import Mirroring
@@ -93,7 +93,8 @@ def _copies_none_of(m: Mirroring, proc, topics) -> None:
         raise AssertionError(f"{exc}\nstate records:\n{_state_log(m)}\nworker log:\n{m.worker_log()[-8000:]}") from None
 
 
-def _check(m: Mirroring, topics, flow: fx.Flow, rows, points, state_dir, kind: str, proc=None) -> None:
+def _check(m: Mirroring, topics, flow: fx.Flow, rows, points, state_dir, kind: str, proc,
+           group: str, reader: fx.GroupReader) -> None:
     results: dict[str, list[dict]] = {}
     for t, (k, _n) in topics.items():
         results.setdefault(k, []).append(fx.compare_topic(m.source, m.destination, t, k, flow.acked,
@@ -106,20 +107,31 @@ def _check(m: Mirroring, topics, flow: fx.Flow, rows, points, state_dir, kind: s
     for t in topics:
         assert rpo[t] is not None and 0 <= rpo[t] <= behind[t], (t, rows[t], behind)
     tb = fx.tracebacks(m)
+    moved = fx.check_group_after_failover(m.destination, group, {t: n for t, (_k, n) in topics.items()},
+                                          points, reader)
+    print(f"group {group} on the destination after the failover: {moved}")
     for k, res in sorted(results.items()):
-        fx.report(state_dir, f"failover-during-{kind}-{k}", 1, res, tracebacks=tb)
+        fx.report(state_dir, f"failover-during-{kind}-{k}", 1, res, tracebacks=tb, group_partitions=moved["partitions"],
+                  group_at_committed_offset=moved["exact"])
     assert tb == 0, m.worker_log()[-6000:]
     if proc is not None:
         assert proc.poll() is None, m.worker_log()[-3000:]
 
 
-def _ready(m: Mirroring, w, topics) -> None:
-    """Copying, and every partition reported with a source high watermark (so records
-    possibly lost are known at the failover)."""
+def _ready(m: Mirroring, w, topics, group: str) -> None:
+    """Copying, every partition reported with a source high watermark (so records
+    possibly lost are known at the failover), and the group's offsets synced to the
+    destination for every partition (so the failover has offsets to move)."""
     from tests.integration.test_faults_partition import _all_reported
     fx.wait_copying(m, w, topics)
     mt.wait_until(lambda: _all_reported(m, topics), 60,
                   "the worker to report a source high watermark for every partition", interval=0.3)
+    mt.wait_until(lambda: all(len(fx.committed(m.destination, group, t, n)) == n for t, (_k, n) in topics.items()),
+                  60, f"the offsets of {group} on the destination for every partition", interval=0.5)
+
+
+def _reader(cluster, group: str, topics) -> fx.GroupReader:
+    return fx.GroupReader(cluster, group, {t: n for t, (_k, n) in topics.items()}).start()
 
 
 # the kill and the destination restart run under `heavy` (with the long fault variants): in
@@ -127,13 +139,15 @@ def _ready(m: Mirroring, w, topics) -> None:
 @pytest.mark.heavy
 def test_failover_while_the_worker_is_killed(mirroring, cli, source, local_kafka):
     m = mirroring
+    group = sync_offsets(cli, m)
     topics = _topics(source)
     for t in topics:
         m.mirror(t)
     w = m.start_worker(instance_id=f"{m.name}-svc")
     flow = fx.Flow(source, topics, seed=91).start()
+    reader = _reader(source, group, topics)
     try:
-        _ready(m, w, topics)
+        _ready(m, w, topics, group)
         assert fx.sigkill(w)
         rows, points = _failover(cli, m, topics)
         # the service manager starts it again: it must leave the stopped mirrors alone
@@ -142,18 +156,21 @@ def test_failover_while_the_worker_is_killed(mirroring, cli, source, local_kafka
         _copies_none_of(m, again, topics)
     finally:
         flow.stop()
-    _check(m, topics, flow, rows, points, local_kafka.state_dir, "sigkill", again)
+        reader.stop()
+    _check(m, topics, flow, rows, points, local_kafka.state_dir, "sigkill", again, group, reader)
 
 
 def test_failover_while_the_worker_is_stopped(mirroring, cli, source, local_kafka):
     m = mirroring
+    group = sync_offsets(cli, m)
     topics = _topics(source)
     for t in topics:
         m.mirror(t)
     w = m.start_worker()
     flow = fx.Flow(source, topics, seed=92).start()
+    reader = _reader(source, group, topics)
     try:
-        _ready(m, w, topics)
+        _ready(m, w, topics, group)
         w.send_signal(signal.SIGSTOP)
         stopped_at = time.monotonic()
         try:
@@ -169,7 +186,8 @@ def test_failover_while_the_worker_is_stopped(mirroring, cli, source, local_kafk
         _alive_for(m, w, 5.0)
     finally:
         flow.stop()
-    _check(m, topics, flow, rows, points, local_kafka.state_dir, "sigstop", w)
+        reader.stop()
+    _check(m, topics, flow, rows, points, local_kafka.state_dir, "sigstop", w, group, reader)
 
 
 @pytest.mark.heavy
@@ -177,13 +195,15 @@ def test_failover_while_the_destination_is_down_then_back(own_cluster, own_mirro
                                                           local_kafka):
     dst = own_cluster("fo-dst")
     m = own_mirroring(source, dst)
+    group = sync_offsets(cli, m)
     topics = {fx.make_topic(source, PLAIN, 2): (PLAIN, 2), fx.make_topic(source, TXN, 2): (TXN, 2)}
     for t in topics:
         m.mirror(t)
     w = m.start_worker()
     flow = fx.Flow(source, topics, seed=93).start()
+    reader = _reader(source, group, topics)
     try:
-        _ready(m, w, topics)
+        _ready(m, w, topics, group)
         refused = {}
 
         def during():
@@ -206,21 +226,24 @@ def test_failover_while_the_destination_is_down_then_back(own_cluster, own_mirro
         _alive_for(m, w, 4.0)
     finally:
         flow.stop()
-    _check(m, topics, flow, rows, points, local_kafka.state_dir, "destination-down", w)
+        reader.stop()
+    _check(m, topics, flow, rows, points, local_kafka.state_dir, "destination-down", w, group, reader)
 
 
 @pytest.mark.heavy  # CI has the source-down failover in test_failover_source_down.py (3 variants)
 def test_failover_while_the_source_is_down(own_cluster, own_mirroring, cli, destination, local_kafka):  # noqa: F811
     src = own_cluster("fo-src")
     m = own_mirroring(src, destination)
+    group = sync_offsets(cli, m)
     topics = {fx.make_topic(src, PLAIN, 2): (PLAIN, 2), fx.make_topic(src, TXN, 2): (TXN, 2)}
     for t in topics:
         m.mirror(t)
     w = m.start_worker()
     flow = fx.Flow(src, topics, seed=94).start()
+    reader = _reader(src, group, topics)
     rows = points = None
     try:
-        _ready(m, w, topics)
+        _ready(m, w, topics, group)
 
         def during():
             nonlocal rows, points
@@ -236,18 +259,21 @@ def test_failover_while_the_source_is_down(own_cluster, own_mirroring, cli, dest
         _copies_none_of(m, w, topics)
     finally:
         flow.stop()
-    _check(m, topics, flow, rows, points, local_kafka.state_dir, "source-down", w)
+        reader.stop()
+    _check(m, topics, flow, rows, points, local_kafka.state_dir, "source-down", w, group, reader)
 
 
 def test_failover_over_a_slow_link(net, cli, local_kafka):
     m, tox = net
+    group = sync_offsets(cli, m)
     topics = _topics(m.source)
     for t in topics:
         m.mirror(t)
     w = m.start_worker()
     flow = fx.Flow(m.source, topics, seed=95).start()
+    reader = _reader(m.source, group, topics)
     try:
-        _ready(m, w, topics)
+        _ready(m, w, topics, group)
         _both_ways(tox, "slow", "latency", latency=300, jitter=100)
         base = fx.destination_total(m.destination, topics)
         mt.wait_until(lambda: fx.destination_total(m.destination, topics) > base + 50, 120,
@@ -260,4 +286,5 @@ def test_failover_over_a_slow_link(net, cli, local_kafka):
         _alive_for(m, w, 2.0)
     finally:
         flow.stop()
-    _check(m, topics, flow, rows, points, local_kafka.state_dir, "latency", w)
+        reader.stop()
+    _check(m, topics, flow, rows, points, local_kafka.state_dir, "latency", w, group, reader)

@@ -92,11 +92,13 @@ def _all_reported(m: Mirroring, topics) -> bool:
 
 def test_failover_in_the_middle_of_a_network_partition(net, cli, local_kafka):
     m, tox = net
+    group = sync_offsets(cli, m)
     topics = _topics(m.source)
     for t in topics:
         m.mirror(t)
     w = m.start_worker()
     flow = fx.Flow(m.source, topics, seed=81).start()
+    reader = fx.GroupReader(m.source, group, {t: n for t, (_k, n) in topics.items()}).start()
     try:
         fx.wait_copying(m, w, topics)
         for t in topics:
@@ -105,6 +107,9 @@ def test_failover_in_the_middle_of_a_network_partition(net, cli, local_kafka):
         # point's records possibly lost are then known (a partition never fetched has none)
         mt.wait_until(lambda: _all_reported(m, topics), 60,
                       "the worker to report a source high watermark for every partition", interval=0.3)
+        mt.wait_until(lambda: all(len(fx.committed(m.destination, group, t, n)) == n
+                                  for t, (_k, n) in topics.items()),
+                      60, f"the offsets of {group} on the destination for every partition", interval=0.5)
         _both_ways(tox, "cut", "timeout", timeout=0)
         _wait_worker_noticed(m)
         rows = {}
@@ -127,6 +132,7 @@ def test_failover_in_the_middle_of_a_network_partition(net, cli, local_kafka):
             fx.watch_nothing_lands(m, w, t, points[t], seconds=2.0)
     finally:
         flow.stop()
+        reader.stop()
     # the destination is exactly the source up to the failover point
     results = {}
     for t, (kind, _n) in topics.items():
@@ -142,7 +148,11 @@ def test_failover_in_the_middle_of_a_network_partition(net, cli, local_kafka):
             print(m.worker_log()[-12000:])
         assert rpo[t] is not None and 0 <= rpo[t] <= behind[t], (rpo, behind)
     tb = fx.tracebacks(m)
+    moved = fx.check_group_after_failover(m.destination, group, {t: n for t, (_k, n) in topics.items()},
+                                          points, reader)
+    print(f"group {group} on the destination after the failover: {moved}")
     for kind, res in sorted(results.items()):
-        fx.report(local_kafka.state_dir, f"failover-during-partition-{kind}", 1, res, tracebacks=tb)
+        fx.report(local_kafka.state_dir, f"failover-during-partition-{kind}", 1, res, tracebacks=tb,
+                  group_partitions=moved["partitions"], group_at_committed_offset=moved["exact"])
     assert tb == 0, m.worker_log()[-6000:]
     assert w.poll() is None
