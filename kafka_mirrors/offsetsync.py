@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
@@ -111,6 +112,52 @@ def plan_writes(wanted: Mapping[TopicPartitionKey, int], destination_committed: 
 
 # ---------------------------------------------------------------- the sync
 
+class SyncFence:
+    """Keeps the worker's offset sync from writing a mirror's group offsets after the
+    worker acknowledged that mirror's stop (a failover): a sync that began while the
+    mirror was ACTIVE would otherwise write when its turn came, however late, over the
+    offsets the group's consumers commit on the destination after the failover.
+
+    The control loop closes a mirror as soon as it sees its state leave ACTIVE and PAUSED
+    (`set_open`), before it can acknowledge the stop; the sync writes a mirror's offsets
+    only while it is open (`begin`, then `end` once the write answered); and the control
+    loop holds back the acknowledgement of a mirror whose write is in flight (`writing`)
+    to a later turn. The control loop never waits on the write itself."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._closed: set[str] = set()
+        self._writing: dict[str, int] = {}
+
+    def set_open(self, topic: str, is_open: bool) -> None:
+        with self._lock:
+            if is_open:
+                self._closed.discard(topic)
+            else:
+                self._closed.add(topic)
+
+    def begin(self, topics: Iterable[str]) -> set[str]:
+        """The topics whose offsets may be written now (each open), marked as being written."""
+        with self._lock:
+            allowed = {t for t in topics if t not in self._closed}
+            for t in allowed:
+                self._writing[t] = self._writing.get(t, 0) + 1
+            return allowed
+
+    def end(self, topics: Iterable[str]) -> None:
+        with self._lock:
+            for t in topics:
+                n = self._writing.get(t, 0) - 1
+                if n > 0:
+                    self._writing[t] = n
+                else:
+                    self._writing.pop(t, None)
+
+    def writing(self) -> set[str]:
+        with self._lock:
+            return set(self._writing)
+
+
 @dataclass
 class SyncSummary:
     at: float = 0.0
@@ -195,11 +242,12 @@ def _alter(admin, group: str, writes: dict[TopicPartitionKey, int]) -> None:
 
 
 def sync_consumer_offsets(src_admin, dst_admin, link, mirrors: Mapping[str, str],
-                          clock=time.time) -> SyncSummary:
+                          clock=time.time, fence: SyncFence | None = None) -> SyncSummary:
     """Copy the committed offsets of the link's selected groups for `mirrors` ({mirror
     topic: source topic}) from the source to the destination. Listing failures raise
     (nothing was written); a group whose write fails is named in `errors`, the others
-    are still written."""
+    are still written. With a `fence`, a mirror stopped since `mirrors` was taken gets
+    no write (SyncFence)."""
     summary = SyncSummary(at=clock())
     if not mirrors:
         return summary
@@ -218,14 +266,22 @@ def sync_consumer_offsets(src_admin, dst_admin, link, mirrors: Mapping[str, str]
     for group, want in sorted(wanted.items()):
         plan = plan_writes(want, have.get(group, {}), ends)
         summary.offsets_clamped += plan.clamped
-        if not plan.writes:
-            continue
+        writes = plan.writes
+        held: set[str] = set()
+        if fence is not None and writes:
+            held = fence.begin({t for t, _p in writes})
+            writes = {k: o for k, o in writes.items() if k[0] in held}
         try:
-            _alter(dst_admin, group, plan.writes)
+            if not writes:
+                continue
+            _alter(dst_admin, group, writes)
         except KafkaMirrorsError as exc:
             # e.g. a consumer joined the group on the destination a moment ago
             summary.errors[group] = str(exc)
             continue
-        summary.groups[group] = len(plan.writes)
-        summary.offsets_written += len(plan.writes)
+        finally:
+            if fence is not None:
+                fence.end(held)
+        summary.groups[group] = len(writes)
+        summary.offsets_written += len(writes)
     return summary

@@ -183,7 +183,7 @@ class Jobs:
                                       ((self.w.src_conf, self.w.src_admin), (self.w.dst_conf, self.w.dst_admin)))
         src_admin, dst_admin = self._sync_admins
         try:
-            summary = sync_consumer_offsets(src_admin, dst_admin, self.w.link, mirrors)
+            summary = sync_consumer_offsets(src_admin, dst_admin, self.w.link, mirrors, fence=self.w.offset_fence)
         except Exception:
             self._sync_admins = None  # new clients for the next sync
             raise

@@ -38,6 +38,7 @@ import uuid
 from kafka_mirrors import state as st
 from kafka_mirrors.errors import ConflictError, KafkaMirrorsError, NotFoundError
 from kafka_mirrors.kafka.admin import Admin
+from kafka_mirrors.offsetsync import SyncFence
 from kafka_mirrors.worker.autocreate import AutoCreator
 from kafka_mirrors.worker.jobs import Jobs
 from kafka_mirrors.worker.membership import Membership, ensure_slots_topic
@@ -106,6 +107,8 @@ class Worker:
         self.seen_offset: int | None = None  # state records below this offset are applied
         self._acks: list[str] = []
         self._acks_retry_at = 0.0  # after a failed write of acknowledgements
+        # a stopped mirror's group offsets are not written after its acknowledgement
+        self.offset_fence = SyncFence()
         # mirror -> (partition, offset, message) of a failure not yet recorded in the store
         self._failing: dict[str, tuple[int | None, int | None, str]] = {}
         # FAILED written, not yet seen by the follower: an ACTIVE record before it (an ACL
@@ -231,6 +234,8 @@ class Worker:
 
     def _reconcile(self, rec: st.MirrorRecord) -> None:
         self.known[rec.topic] = rec
+        # before any acknowledgement of a stop: no offset sync write for it starts after this
+        self.offset_fence.set_open(rec.topic, rec.state in (st.ACTIVE, st.PAUSED))
         running = rec.topic in self.running
         if rec.state == st.ACTIVE and (rec.topic in self._failing or rec.topic in self._failed):
             return  # its copy failed: FAILED goes (or went) over this record
@@ -281,8 +286,13 @@ class Worker:
     def _flush_acks(self) -> None:
         if not self._acks or time.monotonic() < self._acks_retry_at:
             return
-        # a mirror made ACTIVE again meanwhile (and copying) is not acknowledged as stopped
-        topics, self._acks = sorted(set(self._acks) - self.running), []
+        # a mirror made ACTIVE again meanwhile (and copying) is not acknowledged as stopped;
+        # one whose group offsets the offset sync is writing now waits for a later turn
+        # (SyncFence: no write of them lands after the acknowledgement)
+        pending = sorted(set(self._acks) - self.running)
+        writing = self.offset_fence.writing()
+        topics = [t for t in pending if t not in writing]
+        self._acks = [t for t in pending if t in writing]
         if not topics:
             return
         # the stopped mirrors' last progress first: failover reads the last known source

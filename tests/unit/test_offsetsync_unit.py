@@ -1,9 +1,10 @@
 """Consumer-offset sync decisions without a broker: which groups, which offsets (under
 the mirror topic names), clamping to the destination's log end offset, writing only what
 changed."""
-from kafka_mirrors import dr
+from kafka_mirrors import dr, offsetsync
 from kafka_mirrors.errors import KafkaOperationError, KafkaUnavailableError
-from kafka_mirrors.offsetsync import SyncSummary, matches, plan_writes, select_groups, wanted_offsets
+from kafka_mirrors.offsetsync import (SyncFence, SyncSummary, matches, plan_writes, select_groups,
+                                      sync_consumer_offsets, wanted_offsets)
 
 
 def test_matches_full_names_include_then_exclude():
@@ -90,3 +91,63 @@ def test_promote_offset_sync_failure_restores_state_and_names_next_command():
     # the state cannot be put back either: say where it is and how to finish
     row = dr._offset_sync_failed(_Link(), _Store(fail=True), "orders", "PAUSED", KafkaOperationError("x"))
     assert row["state"] == "PENDING_STOPPED" and "kafka-mirrors failover orders --link dr" in row["error"]
+
+
+# ---- the fence: no group offset of a mirror is written after its stop was acknowledged
+
+class _SyncLink:
+    def option(self, name):
+        return {"consumer.offset.groups.include": [".*"], "consumer.offset.groups.exclude": []}[name]
+
+
+def _fake_clusters(monkeypatch, on_alter=lambda group, writes: None):
+    """One source group 'g' committed at 10 on partition 0 of topics a and b; the
+    destination knows no group and holds 100 records of each; every write is recorded."""
+    alters = []
+    monkeypatch.setattr(offsetsync, "_group_states", lambda admin: {"g": "EMPTY"} if admin == "src" else {})
+    monkeypatch.setattr(offsetsync, "_committed", lambda admin, groups: (
+        {g: {("a", 0): 10, ("b", 0): 10} for g in groups} if admin == "src" else {}))
+    monkeypatch.setattr(offsetsync, "_log_end_offsets", lambda admin, tps: {tp: 100 for tp in tps})
+
+    def alter(admin, group, writes):
+        on_alter(group, writes)
+        alters.append((group, dict(writes)))
+    monkeypatch.setattr(offsetsync, "_alter", alter)
+    return alters
+
+
+def test_the_sync_writes_no_offset_of_a_mirror_closed_since_its_list_was_taken(monkeypatch):
+    alters = _fake_clusters(monkeypatch)
+    fence = SyncFence()
+    fence.set_open("b", False)  # a failover's PENDING_STOPPED seen after the sync took its list
+    summary = sync_consumer_offsets("src", "dst", _SyncLink(), {"a": "a", "b": "b"}, fence=fence)
+    assert alters == [("g", {("a", 0): 10})]
+    assert summary.offsets_written == 1 and fence.writing() == set()
+    fence.set_open("b", True)  # ACTIVE again: written again
+    alters.clear()
+    sync_consumer_offsets("src", "dst", _SyncLink(), {"a": "a", "b": "b"}, fence=fence)
+    assert alters == [("g", {("a", 0): 10, ("b", 0): 10})]
+
+
+def test_a_write_in_flight_is_seen_as_writing_until_it_answered_even_when_it_fails(monkeypatch):
+    fence = SyncFence()
+    seen = []
+
+    def during(group, writes):
+        seen.append(fence.writing())
+        raise KafkaOperationError("group 'g' is not empty")
+    _fake_clusters(monkeypatch, during)
+    summary = sync_consumer_offsets("src", "dst", _SyncLink(), {"a": "a", "b": "b"}, fence=fence)
+    assert seen == [{"a", "b"}] and fence.writing() == set()
+    assert summary.errors == {"g": "group 'g' is not empty"}
+
+
+def test_the_fence_counts_overlapping_writes_of_one_mirror():
+    fence = SyncFence()
+    assert fence.begin(["a"]) == {"a"} and fence.begin(["a", "b"]) == {"a", "b"}
+    fence.end(["a"])
+    assert fence.writing() == {"a", "b"}
+    fence.end(["a", "b"])
+    assert fence.writing() == set()
+    fence.set_open("a", False)
+    assert fence.begin(["a", "b"]) == {"b"}

@@ -12,6 +12,7 @@ import pytest
 
 from kafka_mirrors import state as st
 from kafka_mirrors.errors import ConflictError, KafkaUnavailableError
+from kafka_mirrors.offsetsync import SyncFence
 from kafka_mirrors.worker import loop
 
 
@@ -64,6 +65,7 @@ def worker(store: FakeStore, known: dict[str, st.MirrorRecord]) -> loop.Worker:
     w.seen_offset = 17
     w._acks, w._acks_retry_at, w._failing, w._fails_retry_at, w._failed = [], 0.0, {}, 0.0, set()
     w._write_progress = lambda: None
+    w.offset_fence = SyncFence()
     return w
 
 
@@ -280,3 +282,23 @@ def test_the_heartbeat_says_why_the_worker_is_not_writing(monkeypatch):
     w.plane.state_fresh_at = clock[0]
     w.membership.ok, w.membership.error = False, "commit refused: REBALANCE_IN_PROGRESS"
     assert w._not_writing() == "its group lease does not hold (commit refused: REBALANCE_IN_PROGRESS)"
+
+
+def test_a_stop_is_acknowledged_only_once_no_offset_sync_write_of_it_is_in_flight():
+    """A failover's PENDING_STOPPED closes the mirror to the offset sync at once; a write
+    of its group offsets that began before is waited out by holding the acknowledgement
+    back a turn at a time (the control loop never blocks on it)."""
+    store = FakeStore({"t": record("t", st.ACTIVE), "u": record("u", st.ACTIVE)})
+    w = worker(store, {})
+    w._reconcile(store.records["t"])
+    w.running.clear()
+    w.plane.inbox = FakePlane().inbox
+    assert w.offset_fence.begin(["t", "u"]) == {"t", "u"}  # the sync's write is in flight
+    for topic in ("t", "u"):
+        w._reconcile(record(topic, st.PENDING_STOPPED))
+    assert w.offset_fence.begin(["t"]) == set()  # no new write of a stopping mirror starts
+    w._flush_acks()
+    assert store.acks == [] and sorted(w._acks) == ["t", "u"]
+    w.offset_fence.end(["t", "u"])  # the write answered
+    w._flush_acks()
+    assert store.acks == [["t", "u"]] and w._acks == []
