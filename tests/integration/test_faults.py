@@ -248,7 +248,7 @@ def test_source_broker_restarted_then_unreachable_under_load(own_cluster, own_mi
     # 2. unreachable for a while: describe says so, then ACTIVE again, nothing lost, and
     # the group's offsets (committed before, during and after the outage) synced
     flow = fx.Flow(src, topics, seed=42).start()
-    reader = fx.GroupReader(src, group, {t: n for t, (_k, n) in topics.items()}).start()
+    reader = fx.GroupReader(src, group, {t: n for t, (_k, n) in topics.items()}, from_committed=True).start()
     seen: list[str] = []
     try:
         fx.wait_copying(m, w, topics)

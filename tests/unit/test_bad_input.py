@@ -344,9 +344,10 @@ bad_options = st.one_of(
     st.builds(lambda k: f"{k}=1", st.text(string.ascii_lowercase + ".", min_size=1, max_size=20)
               .filter(lambda k: k not in LINK_OPTIONS)),
     st.builds(lambda k, v: f"{k}={v}", st.sampled_from(["replication.factor", "consumer.offset.sync.ms",
-                                                         "topic.config.sync.ms", "request.timeout.s",
-                                                         "consumer.offset.sync.enable"]),
+                                                         "topic.config.sync.ms", "request.timeout.s"]),
               st.sampled_from(["", "x", "-5", "0", "nan", "1e999", "maybe", "0x10"])),
+    # "0" and "1" are a boolean's false and true, as in Kafka's own properties
+    st.builds(lambda v: f"consumer.offset.sync.enable={v}", st.sampled_from(["", "x", "-5", "nan", "maybe", "0x10"])),
     st.builds(lambda v: f"mirror.compression.type={v}", st.sampled_from(["", "lz5", "brotli", "producer", "1"])),
     st.builds(lambda v: f"consumer.offset.groups.include={v}", st.sampled_from(["(", "[a", "*", "a{2,1}"])),
     st.text(string.ascii_lowercase + ". \n", min_size=1, max_size=10).filter(lambda p: "=" not in p),
