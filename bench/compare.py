@@ -163,6 +163,7 @@ def record_id(partition: int, seq: int) -> bytes:
 class Loaded:
     seconds: float
     cpu_seconds: float
+    machine_cpu_seconds: float | None  # every process on the machine, over the same window
     data: dict[int, int]        # records written per partition (aborted included)
     committed: dict[int, int]   # records readable with read_committed per partition
 
@@ -195,7 +196,7 @@ def load(cluster: Cluster, topic: str, wl: Workload, warmup_topic: str, transact
     data = {p: 0 for p in range(wl.partitions)}
     committed = dict(data)
     pending = dict(data)
-    cpu0, start = time.process_time(), time.monotonic()
+    cpu0, start, machine0 = time.process_time(), time.monotonic(), cr.MACHINE.cpu()
     if txn:
         producer.begin_transaction()
     for i in range(wl.records):
@@ -234,10 +235,11 @@ def load(cluster: Cluster, topic: str, wl: Workload, warmup_topic: str, transact
     else:
         left = producer.flush(300)
         committed = dict(data)
-    elapsed, cpu = time.monotonic() - start, time.process_time() - cpu0
+    elapsed, cpu, machine1 = time.monotonic() - start, time.process_time() - cpu0, cr.MACHINE.cpu()
     if errors or left:
         raise RuntimeError(f"producing to {topic} failed: {errors or f'{left} undelivered'}")
-    return Loaded(elapsed, cpu, data, committed)
+    machine = machine1 - machine0 if machine0 is not None and machine1 is not None else None
+    return Loaded(elapsed, cpu, machine, data, committed)
 
 
 def scan(cluster: Cluster, topic: str, partitions: int, timeout: float = 300) -> dict[int, list[tuple[int, bytes]]]:
@@ -651,12 +653,10 @@ class Bench:
         topic = self.dst.create_topic(f"raw-{wl.name}", wl.partitions)
         row = Row(wl.label, "raw producer -> destination (ceiling)")
         brokers0 = {name: b.cpu() for name, b in cr.BROKERS.items()}
-        machine0 = cr.MACHINE.cpu()
         loaded = load(self.dst, topic, wl, self.warmup_dst, transactional=False)
-        machine1 = cr.MACHINE.cpu()
-        if machine0 is not None and machine1 is not None:
-            row.machine_us = (machine1 - machine0) * 1e6 / wl.records
-            row.cores_busy = (machine1 - machine0) / loaded.seconds
+        if loaded.machine_cpu_seconds is not None:
+            row.machine_us = loaded.machine_cpu_seconds * 1e6 / wl.records
+            row.cores_busy = loaded.machine_cpu_seconds / loaded.seconds
         row.records_per_s = wl.records / loaded.seconds
         row.mb_per_s = row.records_per_s * wl.size / MB
         row.cpu_us = loaded.cpu_seconds * 1e6 / wl.records

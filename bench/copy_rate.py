@@ -76,8 +76,9 @@ class MachineProbe:
     def cpu(self) -> float | None:
         try:
             fields = Path("/proc/stat").read_text().splitlines()[0].split()
-            # cpu user nice system idle iowait irq softirq steal ...: busy = all but idle, iowait
-            ticks = [int(v) for v in fields[1:9]]
+            # cpu user nice system idle iowait irq softirq steal ...: busy = user to softirq
+            # but idle and iowait (steal is time a VM's CPU wanted and the host gave elsewhere)
+            ticks = [int(v) for v in fields[1:8]]
             return (sum(ticks) - ticks[3] - ticks[4]) / CLK_TCK
         except (OSError, IndexError, ValueError):
             return None
@@ -494,7 +495,8 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
                       latency_seconds: float, mb_s: float, size: int, timeout: float,
                       profile: str | None = None, bulk_topic: str = BULK_TOPIC,
                       link: str = LINK, py_spy: str | None = None) -> tuple[Rate, Latency]:
-    rate = Rate("kafka-mirrors (1 worker)" + (" under cProfile" if profile else ""), records)
+    rate = Rate("kafka-mirrors (1 worker)" + (" under cProfile" if profile else "")
+                + (" under py-spy" if py_spy else ""), records)
     lat = Latency("kafka-mirrors", target_mb_s=mb_s)
     if not shutil.which(exe):
         rate.unavailable = lat.unavailable = f"{exe} not found"
@@ -517,11 +519,11 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
             # at 100 samples a second that costs far less than cProfile's per-call hooks).
             # librdkafka's own threads run no Python and are not sampled: the per-thread CPU
             # line covers them. It ends when the worker exits.
-            spy = subprocess.Popen(["py-spy", "record", "--native", "--threads",
-                                    "--rate", "100", "--format", "raw", "--output", py_spy,
-                                    "--pid", str(worker.pid)],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+            with open(f"{py_spy}.log", "wb") as spy_log:  # why a profile is missing, if it is
+                spy = subprocess.Popen(["py-spy", "record", "--native", "--threads",
+                                        "--rate", "100", "--format", "raw", "--output", py_spy,
+                                        "--pid", str(worker.pid)],
+                                       stdin=subprocess.DEVNULL, stdout=spy_log, stderr=subprocess.STDOUT)
 
         def alive() -> None:
             if worker.poll() is not None:
@@ -565,20 +567,22 @@ def run_kafka_mirrors(exe: str, workdir: Path, src: Cluster, dst: Cluster, recor
             rate.unavailable = str(e)
         lat.unavailable = lat.unavailable or str(e)
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                log("kafka-mirrors run ignored SIGTERM for 30s; killing it")
-                worker.kill()
-                worker.wait(10)
-        if spy is not None:
-            try:
-                spy.wait(30)  # it writes its profile once the worker is gone
-            except subprocess.TimeoutExpired:
-                spy.kill()
-                spy.wait(10)
+        try:
+            if worker is not None and worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+                try:
+                    worker.wait(30)
+                except subprocess.TimeoutExpired:
+                    log("kafka-mirrors run ignored SIGTERM for 30s; killing it")
+                    worker.kill()
+                    worker.wait(10)
+        finally:
+            if spy is not None:
+                try:
+                    spy.wait(30)  # it writes its profile once the worker is gone
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                    spy.wait(10)
     return rate, lat
 
 
@@ -595,7 +599,9 @@ def py_spy_summary(path: str, focus: str = "copy-", top: int = 15) -> list[str]:
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError as e:
-        return [f"py-spy profile {path}: {e}"]
+        said = Path(f"{path}.log")
+        tail = said.read_text(errors="replace").strip().splitlines()[-1:] if said.exists() else []
+        return [f"py-spy profile {path}: {e}" + (f" (py-spy said: {tail[0]})" if tail else "")]
     for line in lines:
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
@@ -777,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--rounds >= 1")
     if args.records < 1 or args.record_size < 16 or args.partitions < 1:
         ap.error("--records >= 1, --record-size >= 16 and --partitions >= 1 are required")
+    if args.worker_py_spy and not shutil.which("py-spy"):
+        ap.error("--worker-py-spy needs py-spy on PATH (pip install py-spy)")
 
     os.environ["KAFKA_LOCAL_STATE"] = str(STATE)
     os.environ.setdefault("KAFKA_LOCAL_HEAP", "1g")
