@@ -122,12 +122,13 @@ class SyncFence:
     (`set_open`), before it can acknowledge the stop; the sync writes a mirror's offsets
     only while it is open (`begin`, then `end` once the write answered); and the control
     loop holds back the acknowledgement of a mirror whose write is in flight (`writing`)
-    to a later turn. The control loop never waits on the write itself."""
+    to a later turn. The control loop never waits on the write itself. One thread (the
+    worker's jobs) syncs, so a mirror has at most one write in flight."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._closed: set[str] = set()
-        self._writing: dict[str, int] = {}
+        self._writing: set[str] = set()
 
     def set_open(self, topic: str, is_open: bool) -> None:
         with self._lock:
@@ -140,18 +141,12 @@ class SyncFence:
         """The topics whose offsets may be written now (each open), marked as being written."""
         with self._lock:
             allowed = {t for t in topics if t not in self._closed}
-            for t in allowed:
-                self._writing[t] = self._writing.get(t, 0) + 1
+            self._writing |= allowed
             return allowed
 
     def end(self, topics: Iterable[str]) -> None:
         with self._lock:
-            for t in topics:
-                n = self._writing.get(t, 0) - 1
-                if n > 0:
-                    self._writing[t] = n
-                else:
-                    self._writing.pop(t, None)
+            self._writing -= set(topics)
 
     def writing(self) -> set[str]:
         with self._lock:

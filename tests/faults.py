@@ -266,6 +266,12 @@ def check_group_synced(source, destination, group: str, topics: dict[str, int], 
     return want
 
 
+def wait_group_on_destination(destination, group: str, topics: dict[str, int], timeout: float = 60.0) -> None:
+    """Until the group has an offset on the destination for every partition of `topics`."""
+    mt.wait_until(lambda: all(len(committed(destination, group, t, n)) == n for t, n in topics.items()),
+                  timeout, f"the offsets of {group} on the destination for every partition", interval=0.5)
+
+
 def check_group_after_failover(destination, group: str, topics: dict[str, int], points: dict[str, dict[int, int]],
                                 reader: GroupReader) -> dict[str, int]:
     """After a failover: the group's offset on the destination, for every partition, is

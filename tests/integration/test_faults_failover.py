@@ -126,8 +126,7 @@ def _ready(m: Mirroring, w, topics, group: str) -> None:
     fx.wait_copying(m, w, topics)
     mt.wait_until(lambda: _all_reported(m, topics), 60,
                   "the worker to report a source high watermark for every partition", interval=0.3)
-    mt.wait_until(lambda: all(len(fx.committed(m.destination, group, t, n)) == n for t, (_k, n) in topics.items()),
-                  60, f"the offsets of {group} on the destination for every partition", interval=0.5)
+    fx.wait_group_on_destination(m.destination, group, {t: n for t, (_k, n) in topics.items()})
 
 
 def _reader(cluster, group: str, topics) -> fx.GroupReader:

@@ -107,9 +107,7 @@ def test_failover_in_the_middle_of_a_network_partition(net, cli, local_kafka):
         # point's records possibly lost are then known (a partition never fetched has none)
         mt.wait_until(lambda: _all_reported(m, topics), 60,
                       "the worker to report a source high watermark for every partition", interval=0.3)
-        mt.wait_until(lambda: all(len(fx.committed(m.destination, group, t, n)) == n
-                                  for t, (_k, n) in topics.items()),
-                      60, f"the offsets of {group} on the destination for every partition", interval=0.5)
+        fx.wait_group_on_destination(m.destination, group, {t: n for t, (_k, n) in topics.items()})
         _both_ways(tox, "cut", "timeout", timeout=0)
         _wait_worker_noticed(m)
         rows = {}

@@ -142,12 +142,11 @@ def test_a_write_in_flight_is_seen_as_writing_until_it_answered_even_when_it_fai
     assert summary.errors == {"g": "group 'g' is not empty"}
 
 
-def test_the_fence_counts_overlapping_writes_of_one_mirror():
+def test_the_fence_lets_only_open_mirrors_begin_and_shows_them_writing_until_they_end():
     fence = SyncFence()
-    assert fence.begin(["a"]) == {"a"} and fence.begin(["a", "b"]) == {"a", "b"}
-    fence.end(["a"])
-    assert fence.writing() == {"a", "b"}
-    fence.end(["a", "b"])
-    assert fence.writing() == set()
     fence.set_open("a", False)
-    assert fence.begin(["a", "b"]) == {"b"}
+    assert fence.begin(["a", "b"]) == {"b"} and fence.writing() == {"b"}
+    fence.end(["b"])
+    assert fence.writing() == set()
+    fence.set_open("a", True)
+    assert fence.begin(["a"]) == {"a"} and fence.writing() == {"a"}
